@@ -1,0 +1,1 @@
+"""Read models: one module per projection, folded from the event topics into Postgres."""

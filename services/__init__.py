@@ -1,0 +1,1 @@
+"""skyjobs processes: the API, the agents and their domains."""

@@ -1,0 +1,89 @@
+"""The Starlette application: routes, error mapping and the shared resources of its lifespan."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from services import db
+from services.api import files, jobs
+from services.api.errors import ApiError, MethodNotAllowed, NotFound, json_response
+from services.api.freshness import ProjectionWatch
+from services.api.openapi import DOCUMENT
+from services.blobs import LocalBlobStore
+from services.config import Config
+from services.kafka import CommandBus
+
+log = logging.getLogger(__name__)
+
+
+async def openapi(request: Request) -> Response:
+    return json_response(DOCUMENT)
+
+
+async def health(request: Request) -> Response:
+    await request.app.state.pool.fetchval("SELECT 1")
+    return json_response({"status": "ok"})
+
+
+async def on_api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return exc.response()
+
+
+async def on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return NotFound(f"no route {request.url.path}").response()
+    if exc.status_code == 405:
+        return MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}").response()
+    return json_response({"error": exc.detail}, exc.status_code)
+
+
+async def on_unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path)
+    return json_response({"error": "internal error"}, 500)
+
+
+def create_app(config: Config) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        app.state.config = config
+        app.state.blobs = LocalBlobStore(config.blob_dir)
+        app.state.pool = await db.create_pool(config.database_url, max_size=20)
+        app.state.watch = ProjectionWatch(config.database_url, config.read_your_writes_wait)
+        await app.state.watch.start()
+        app.state.bus = CommandBus(config.kafka_bootstrap, config.kafka_timeout)
+        await app.state.bus.start()
+        try:
+            yield
+        finally:
+            await app.state.bus.stop()
+            await app.state.watch.stop()
+            await app.state.pool.close()
+
+    routes = [
+        Route("/api/job/run", jobs.run, methods=["POST"]),
+        Route("/api/job/job_info/{job_id}", jobs.job_info, methods=["GET"]),
+        Route("/api/job/list_jobs", jobs.list_jobs, methods=["GET"]),
+        Route("/api/list_jobs", jobs.list_jobs, methods=["GET"]),
+        Route("/api/job/cancel", jobs.cancel, methods=["POST"]),
+        Route("/api/job/delete", jobs.delete, methods=["DELETE"]),
+        Route("/api/files", files.upload, methods=["POST"]),
+        Route("/api/files/{file_id}", files.download, methods=["GET"]),
+        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("/healthz", health, methods=["GET"]),
+    ]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_unexpected},
+    )

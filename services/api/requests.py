@@ -1,0 +1,74 @@
+"""Reading requests: the bearer token, JSON bodies (lenient only about a trailing comma) and ids."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+
+from services.api.errors import BadRequest, Unauthorized
+from services.config import User
+
+# A JSON string, or a comma followed only by white space and a closing bracket.
+_TRAILING_COMMA = re.compile(r'("(?:[^"\\]|\\.)*")|,(\s*[}\]])')
+
+
+def authenticate(request: Request) -> User:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")
+    user: User | None = request.app.state.config.tokens.get(token.strip())
+    if user is None:
+        raise Unauthorized("unknown bearer token")
+    return user
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """The body as JSON whatever the Content-Type says (curl --data sends a form type)."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BadRequest(f"body of {declared} bytes is over the limit of {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise BadRequest(f"body is over the limit of {limit} bytes")
+    if not body.strip():
+        raise BadRequest("body is empty: expected a JSON object")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as first:
+        try:
+            text = body.decode()
+        except UnicodeDecodeError:
+            raise BadRequest("body is not UTF-8 JSON") from None
+        relaxed = _TRAILING_COMMA.sub(lambda m: m.group(1) or m.group(2), text)
+        try:
+            return orjson.loads(relaxed)
+        except orjson.JSONDecodeError:
+            raise BadRequest(f"body is not valid JSON: {first}") from None
+
+
+def parse_uuid(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{what} must be a UUID string")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise BadRequest(f"{what} {value[:80]!r} is not a UUID") from None
+
+
+def only_fields(body: Any, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("body must be a JSON object")
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise BadRequest(f"unknown field {unknown[0]!r}; allowed: {', '.join(sorted(allowed))}")
+    missing = sorted(required - set(body))
+    if missing:
+        raise BadRequest(f"missing required field {missing[0]!r}")
+    return body

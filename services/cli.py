@@ -1,0 +1,141 @@
+"""`skyjobs dev | setup | api | worker | projector`: the entry points of every process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import sys
+
+from services.config import Config, from_env
+
+log = logging.getLogger("skyjobs")
+
+
+def _logging(level: str = "INFO") -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stdout)
+
+
+async def setup(config: Config) -> None:
+    """Create the topics and apply the migrations (idempotent; every process may run it)."""
+    from services import db
+    from services.kafka import create_topics
+
+    await create_topics(config.kafka_bootstrap, config.partitions)
+    await db.migrate(config.database_url)
+
+
+def run_api(config: Config) -> None:
+    import uvicorn
+
+    from services.api.app import create_app
+
+    uvicorn.run(create_app(config), host=config.host, port=config.port, loop="uvloop", log_level="warning",
+                access_log=False, timeout_graceful_shutdown=5)
+
+
+def run_worker(config: Config) -> None:
+    import faust
+
+    from services.jobs.worker import create_app
+
+    asyncio.run(setup(config))
+    app = create_app(config)
+    worker = faust.Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
+    worker.execute_from_commandline()
+
+
+def run_projector(config: Config) -> None:
+    import uvloop
+
+    from projections.runner import run_projector as project
+
+    async def main() -> None:
+        await setup(config)
+        await project(config.kafka_bootstrap, config.database_url)
+
+    uvloop.run(main())
+
+
+async def dev(config: Config) -> None:
+    """Local Kafka and Postgres under .skyjobs/, then every skyjobs process under one supervisor."""
+    from infra.local import LocalKafka, LocalPostgres, kafka_libs
+    from services.supervisor import Supervisor
+
+    data = config.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    supervisor = Supervisor()
+    env: dict[str, str] = {}
+    kafka = postgres = None
+    if "SKYJOBS_KAFKA_BOOTSTRAP" not in os.environ:
+        kafka_libs()
+        kafka = LocalKafka(data / "kafka")
+        kafka.start()
+        env["SKYJOBS_KAFKA_BOOTSTRAP"] = kafka.bootstrap
+    if "SKYJOBS_DATABASE_URL" not in os.environ:
+        postgres = LocalPostgres(data / "postgres")
+        postgres.start()
+        env["SKYJOBS_DATABASE_URL"] = postgres.dsn
+    try:
+        if kafka:
+            supervisor.echo("kafka", f"starting on {kafka.bootstrap} (log: {data / 'kafka' / 'kafka.log'})")
+            await kafka.wait_ready()
+        if postgres:
+            supervisor.echo("postgres", f"starting on {postgres.dsn}")
+            await postgres.wait_ready()
+        token_file = data / "dev-token"
+        if not token_file.exists():
+            token_file.write_text(secrets.token_urlsafe(24) + "\n")
+            token_file.chmod(0o600)
+        token = token_file.read_text().strip()
+        tokens = f"{token}=dev:admin"
+        if os.environ.get("SKYJOBS_TOKENS"):
+            tokens += "," + os.environ["SKYJOBS_TOKENS"]
+        env["SKYJOBS_TOKENS"] = tokens
+        child_config = from_env({**os.environ, **env})
+        await setup(child_config)
+        python = sys.executable
+        for name in ("projector", "worker", "api"):
+            await supervisor.start(name, [python, "-m", "services.cli", name], env)
+        url = f"http://{config.host}:{config.port}"
+        supervisor.echo("skyjobs", f"API on {url}  (token in {token_file})")
+        supervisor.echo("skyjobs", f"try: curl -H 'Authorization: Bearer {token}' {url}/api/job/run -X POST "
+                                   "--data '{\"command\": \"uname -a | wc -l\",}'")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        import signal
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        supervisor.echo("skyjobs", "stopping")
+    finally:
+        await supervisor.stop()
+        if kafka:
+            kafka.stop()
+        if postgres:
+            postgres.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="skyjobs", description=__doc__)
+    parser.add_argument("command", choices=["dev", "setup", "api", "worker", "projector"])
+    args = parser.parse_args(argv)
+    _logging(os.environ.get("SKYJOBS_LOG_LEVEL", "INFO"))
+    config = from_env()
+    if args.command == "dev":
+        asyncio.run(dev(config))
+    elif args.command == "setup":
+        asyncio.run(setup(config))
+    elif args.command == "api":
+        run_api(config)
+    elif args.command == "worker":
+        run_worker(config)
+    elif args.command == "projector":
+        run_projector(config)
+
+
+if __name__ == "__main__":
+    main()

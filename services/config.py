@@ -1,0 +1,129 @@
+"""Configuration from SKYJOBS_* environment variables, read once per process (the composition root)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A SKYJOBS_* variable has a value that cannot be used."""
+
+
+@dataclass(frozen=True)
+class User:
+    user_id: str
+    role: str  # "admin" or "user"
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(frozen=True)
+class JobLimits:
+    """Resource limits applied to every job's process (0 = unlimited)."""
+
+    cpu_seconds: int = 3600
+    memory_bytes: int = 2 * 1024**3
+    file_size_bytes: int = 1024**3
+    processes: int = 4096
+
+
+@dataclass(frozen=True)
+class Config:
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    database_url: str = "postgresql://skyjobs:skyjobs@127.0.0.1:5432/skyjobs"
+    data_dir: Path = REPO / ".skyjobs"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    tokens: dict[str, User] = field(default_factory=dict)
+    partitions: int = 8
+    lease_timeout: float = 30.0
+    heartbeat_interval: float = 5.0
+    max_attempts: int = 3
+    executor_slots: int = 32
+    cancel_grace: float = 5.0
+    job_user: str = "nobody"
+    job_limits: JobLimits = JobLimits()
+    max_json_body: int = 1024**2
+    max_upload: int = 256 * 1024**2
+    kafka_timeout: float = 5.0
+    read_your_writes_wait: float = 5.0
+    worker_id: str = ""
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.data_dir / "work"
+
+
+def parse_tokens(text: str) -> dict[str, User]:
+    """`token=user_id:role` pairs separated by commas or new lines; role defaults to user."""
+    tokens: dict[str, User] = {}
+    for item in text.replace("\n", ",").split(","):
+        item = item.strip()
+        if not item or item.startswith("#"):
+            continue
+        token, sep, who = item.partition("=")
+        if not sep or not token or not who:
+            raise ConfigError(f"SKYJOBS_TOKENS entry {item!r} is not token=user_id[:role]")
+        user_id, _, role = who.partition(":")
+        role = role or "user"
+        if role not in ("user", "admin"):
+            raise ConfigError(f"SKYJOBS_TOKENS role {role!r} must be user or admin")
+        tokens[token.strip()] = User(user_id.strip(), role)
+    return tokens
+
+
+def from_env(env: dict[str, str] | None = None) -> Config:
+    env = dict(os.environ if env is None else env)
+    base = Config()
+
+    def get(name: str, default: str) -> str:
+        return env.get(f"SKYJOBS_{name}", default)
+
+    def number(name: str, default: float) -> float:
+        raw = get(name, str(default))
+        try:
+            return float(raw)
+        except ValueError as exc:
+            raise ConfigError(f"SKYJOBS_{name}={raw!r} is not a number") from exc
+
+    tokens_text = get("TOKENS", "")
+    if tokens_file := env.get("SKYJOBS_TOKENS_FILE"):
+        tokens_text += "\n" + Path(tokens_file).read_text()
+    data_dir = Path(get("DATA_DIR", str(base.data_dir)))
+    limits = JobLimits(
+        cpu_seconds=int(number("JOB_CPU_SECONDS", JobLimits.cpu_seconds)),
+        memory_bytes=int(number("JOB_MEMORY_BYTES", JobLimits.memory_bytes)),
+        file_size_bytes=int(number("JOB_FILE_SIZE_BYTES", JobLimits.file_size_bytes)),
+        processes=int(number("JOB_PROCESSES", JobLimits.processes)),
+    )
+    return Config(
+        kafka_bootstrap=get("KAFKA_BOOTSTRAP", base.kafka_bootstrap),
+        database_url=get("DATABASE_URL", base.database_url),
+        data_dir=data_dir,
+        host=get("HOST", base.host),
+        port=int(number("PORT", base.port)),
+        tokens=parse_tokens(tokens_text),
+        partitions=int(number("PARTITIONS", base.partitions)),
+        lease_timeout=number("LEASE_TIMEOUT", base.lease_timeout),
+        heartbeat_interval=number("HEARTBEAT_INTERVAL", base.heartbeat_interval),
+        max_attempts=int(number("MAX_ATTEMPTS", base.max_attempts)),
+        executor_slots=int(number("EXECUTOR_SLOTS", base.executor_slots)),
+        cancel_grace=number("CANCEL_GRACE", base.cancel_grace),
+        job_user=get("JOB_USER", base.job_user),
+        job_limits=limits,
+        max_json_body=int(number("MAX_JSON_BODY", base.max_json_body)),
+        max_upload=int(number("MAX_UPLOAD", base.max_upload)),
+        kafka_timeout=number("KAFKA_TIMEOUT", base.kafka_timeout),
+        read_your_writes_wait=number("READ_YOUR_WRITES_WAIT", base.read_your_writes_wait),
+        worker_id=get("WORKER_ID", f"{os.uname().nodename}-{os.getpid()}"),
+    )

@@ -1,0 +1,65 @@
+"""Postgres adapter: the pool, migrations (projections/sql/*.sql in order) and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).resolve().parent.parent / "projections" / "sql"
+_LOCK_ID = 0x5B1_0B5  # advisory lock: one migrator at a time
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.set_type_codec("jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
+                              schema="pg_catalog")
+
+
+async def connect(url: str, timeout: float = 60) -> asyncpg.Connection:
+    """One connection, retried until Postgres answers or `timeout` passes."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            conn = await asyncpg.connect(url)
+            await _init_connection(conn)
+            return conn
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
+async def create_pool(url: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+    await (await connect(url)).close()  # waits until Postgres answers
+    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
+    assert pool is not None
+    return pool
+
+
+async def migrate(url: str) -> list[str]:
+    """Apply the migrations not applied yet; return their names."""
+    conn = await connect(url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (name text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        done = {r["name"] for r in await conn.fetch("SELECT name FROM schema_migrations")}
+        applied = []
+        for path in sorted(MIGRATIONS.glob("*.sql")):
+            if path.name in done:
+                continue
+            async with conn.transaction():
+                await conn.execute(path.read_text())
+                await conn.execute("INSERT INTO schema_migrations (name) VALUES ($1)", path.name)
+            applied.append(path.name)
+            log.info("applied migration %s", path.name)
+        return applied
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+        await conn.close()

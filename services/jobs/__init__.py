@@ -1,0 +1,1 @@
+"""The job manager: lifecycle decisions, the faust agents, the executor."""

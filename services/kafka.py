@@ -1,0 +1,89 @@
+"""Kafka adapters: topic set-up, the command producer used by the API and the executors' side."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from events.topics import TOPICS
+
+log = logging.getLogger(__name__)
+
+
+class BrokerUnavailable(RuntimeError):
+    """Kafka did not acknowledge in time: nothing was accepted; the caller may retry."""
+
+    retryable = True
+
+
+async def create_topics(bootstrap: str, partitions: int, timeout: float = 60) -> None:
+    """Create every skyjobs topic that is missing (idempotent)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await admin.start()
+            break
+        except KafkaError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+    try:
+        existing = set(await admin.list_topics())
+        new = []
+        for spec in TOPICS:
+            if spec.name in existing:
+                continue
+            config = {"retention.ms": str(spec.retention_ms if spec.retention_ms is not None else -1)}
+            if spec.compacted:
+                config["cleanup.policy"] = "compact"
+            new.append(NewTopic(spec.name, num_partitions=partitions, replication_factor=-1, topic_configs=config))
+        if new:
+            try:
+                await admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s", ", ".join(t.name for t in new))
+    finally:
+        await admin.close()
+
+
+class CommandBus:
+    """Produces commands keyed by their stream id: idempotent producer, acks from all replicas."""
+
+    def __init__(self, bootstrap: str, timeout: float) -> None:
+        self.timeout = timeout
+        self.producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            enable_idempotence=True,
+            acks="all",
+            linger_ms=1,
+            request_timeout_ms=int(timeout * 1000),
+            max_batch_size=256 * 1024,
+        )
+
+    async def start(self, timeout: float = 60) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                await self.producer.start()
+                return
+            except KafkaError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def send(self, topic: str, key: str, value: bytes) -> None:
+        """Returns once Kafka has acknowledged; raises BrokerUnavailable otherwise."""
+        try:
+            future = await asyncio.wait_for(self.producer.send(topic, value, key=key.encode()), self.timeout)
+            await asyncio.wait_for(future, self.timeout)
+        except (TimeoutError, KafkaError) as exc:
+            raise BrokerUnavailable(f"Kafka did not acknowledge within {self.timeout:g} s: {exc!r}") from exc

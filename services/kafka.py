@@ -34,6 +34,8 @@ async def create_topics(bootstrap: str, partitions: int, timeout: float = 60) ->
             await asyncio.sleep(0.5)
     try:
         existing = set(await admin.list_topics())
+        brokers = len((await admin.describe_cluster())["brokers"])
+        replication = min(3, brokers)  # 3 copies on a real cluster, 1 on a single local broker
         new = []
         for spec in TOPICS:
             if spec.name in existing:
@@ -41,7 +43,7 @@ async def create_topics(bootstrap: str, partitions: int, timeout: float = 60) ->
             config = {"retention.ms": str(spec.retention_ms if spec.retention_ms is not None else -1)}
             if spec.compacted:
                 config["cleanup.policy"] = "compact"
-            new.append(NewTopic(spec.name, num_partitions=partitions, replication_factor=-1, topic_configs=config))
+            new.append(NewTopic(spec.name, num_partitions=partitions, replication_factor=replication, topic_configs=config))
         if new:
             try:
                 await admin.create_topics(new)

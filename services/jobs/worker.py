@@ -59,15 +59,16 @@ def create_app(config: Config) -> faust.App:
         stream_wait_empty=False,
         table_standby_replicas=0,
         topic_disable_leader=True,
+        key_serializer="raw",
+        value_serializer="raw",
     )
     commands = _raw(app, JOB_COMMANDS, config.partitions)
     events = _raw(app, JOB_EVENTS, config.partitions)
     files = _raw(app, FILE_EVENTS, config.partitions)
     dead_letters = _raw(app, DEAD_LETTERS, config.partitions)
-    jobs = app.Table("jobs", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes,
-                     key_serializer="raw", value_serializer="raw")
+    jobs = app.Table("jobs", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
     active = app.Table("active-jobs", default=None, partitions=config.partitions, key_type=bytes,
-                       value_type=bytes, key_serializer="raw", value_serializer="raw")
+                       value_type=bytes)
 
     def state_of(key: bytes) -> Job | None:
         raw = jobs.get(key)

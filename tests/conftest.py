@@ -1,0 +1,148 @@
+"""Session fixtures: real Kafka and Postgres, and the skyjobs processes running against them.
+
+Integration and end-to-end tests share one stack per session (2 cores: starting Kafka once
+matters). Tests use unique ids and users, so they never see each other's data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+
+from infra.local import free_port
+from services.supervisor import Supervisor
+from tests.infra_fixtures import Infra, running_infra
+
+T = TypeVar("T")
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+
+async def eventually(probe: Callable[[], Awaitable[T]], timeout: float = 30, interval: float = 0.05,
+                     what: str = "condition") -> T:
+    """Await `probe()` until it returns something truthy, at most `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout} s (last: {last!r})")
+
+
+@dataclass
+class Stack:
+    """The running system: its URL, tokens, environment and the supervisor of its processes."""
+
+    infra: Infra
+    url: str
+    env: dict[str, str]
+    supervisor: Supervisor
+    data_dir: Path
+    tokens: dict[str, str] = field(default_factory=dict)  # user name -> token
+
+    def client(self, user: str = "admin", **kwargs: Any) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {self.tokens[user]}"} if user else {}
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30, **kwargs)
+
+    async def start(self, name: str, restart: bool = True) -> None:
+        await self.supervisor.start(name, [sys.executable, "-m", "services.cli", name], self.env, restart=restart)
+
+
+@pytest.fixture(scope="session")
+def infra() -> Iterator[Infra]:
+    root = Path(tempfile.mkdtemp(prefix="skyjobs-test-"))
+    with running_infra(root) as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+async def stack(infra: Infra) -> AsyncIterator[Stack]:
+    data_dir = Path(tempfile.mkdtemp(prefix="skyjobs-test-data-"))
+    os.chmod(data_dir, 0o755)
+    tokens = {name: secrets.token_urlsafe(12) for name in ("admin", "alice", "bob")}
+    port = free_port()
+    env = {
+        "SKYJOBS_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
+        "SKYJOBS_DATABASE_URL": infra.database_url,
+        "SKYJOBS_DATA_DIR": str(data_dir),
+        "SKYJOBS_PORT": str(port),
+        "SKYJOBS_TOKENS": ",".join(f"{t}={name}:{'admin' if name == 'admin' else 'user'}" for name, t in tokens.items()),
+        "SKYJOBS_PARTITIONS": "4",
+        "SKYJOBS_LEASE_TIMEOUT": "4",
+        "SKYJOBS_HEARTBEAT_INTERVAL": "0.5",
+        "SKYJOBS_CANCEL_GRACE": "1",
+        "SKYJOBS_JOB_FILE_SIZE_BYTES": str(1024 * 1024),
+        "SKYJOBS_JOB_MEMORY_BYTES": str(512 * 1024 * 1024),
+        "SKYJOBS_KAFKA_TIMEOUT": "3",
+        "SKYJOBS_LOG_LEVEL": "WARNING",
+    }
+    ARTIFACTS.mkdir(exist_ok=True)
+    log = open(ARTIFACTS / "stack.log", "w")  # noqa: SIM115
+    supervisor = Supervisor(colour=False, out=log)
+    stack = Stack(infra, f"http://127.0.0.1:{port}", env, supervisor, data_dir, tokens)
+    setup = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", "setup", env={**os.environ, **env})
+    assert await setup.wait() == 0, "skyjobs setup failed"
+    for name in ("projector", "worker", "api"):
+        await stack.start(name)
+
+    async def healthy() -> bool:
+        try:
+            async with httpx.AsyncClient() as client:
+                return (await client.get(f"{stack.url}/healthz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    await eventually(healthy, timeout=120, interval=0.2, what="API health")
+    await _wait_worker_ready(stack)
+    yield stack
+    await supervisor.stop()
+    log.close()
+
+
+async def _wait_worker_ready(stack: Stack) -> None:
+    """The first job run end to end: the worker has joined its group and owns the partitions."""
+    async with stack.client() as client:
+        job_id = (await client.post("/api/job/run", json={"command": "true"})).json()["job_id"]
+
+        async def done() -> bool:
+            return (await client.get(f"/api/job/job_info/{job_id}")).json().get("state") == "succeeded"
+
+        await eventually(done, timeout=120, interval=0.2, what="first job to succeed")
+
+
+@pytest.fixture
+async def admin(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with stack.client("admin") as client:
+        yield client
+
+
+@pytest.fixture
+async def alice(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with stack.client("alice") as client:
+        yield client
+
+
+@pytest.fixture
+async def bob(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with stack.client("bob") as client:
+        yield client
+
+
+async def wait_state(client: httpx.AsyncClient, job_id: str, *states: str, timeout: float = 30) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        info = (await client.get(f"/api/job/job_info/{job_id}")).json()
+        return info if info.get("state") in states else None
+
+    return await eventually(probe, timeout=timeout, what=f"job {job_id} in {states}")

@@ -83,6 +83,7 @@ class JobSubmitted(Event, frozen=True, tag="job.submitted.v1"):
     ttl: int | None = None
     deadline: datetime | None = None
     request_hash: str | None = None
+    submitted_at: datetime | None = None  # when the API accepted the run (occurred_at is the decision)
 
 
 class JobStarted(Event, frozen=True, tag="job.started.v1"):

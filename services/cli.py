@@ -43,7 +43,8 @@ def run_worker(config: Config) -> None:
 
     asyncio.run(setup(config))
     app = create_app(config)
-    worker = faust.Worker(app, loglevel="WARNING", quiet=True, override_logging=False)
+    worker = faust.Worker(app, loglevel=os.environ.get("SKYJOBS_LOG_LEVEL", "INFO"), quiet=True,
+                          override_logging=False)
     worker.execute_from_commandline()
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import sys
 import tempfile
 import time
@@ -63,8 +64,11 @@ class Stack:
 @pytest.fixture(scope="session")
 def infra() -> Iterator[Infra]:
     root = Path(tempfile.mkdtemp(prefix="skyjobs-test-"))
-    with running_infra(root) as running:
-        yield running
+    try:
+        with running_infra(root) as running:
+            yield running
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +90,7 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
         "SKYJOBS_JOB_FILE_SIZE_BYTES": str(1024 * 1024),
         "SKYJOBS_JOB_MEMORY_BYTES": str(512 * 1024 * 1024),
         "SKYJOBS_KAFKA_TIMEOUT": "3",
-        "SKYJOBS_LOG_LEVEL": "WARNING",
+        "SKYJOBS_LOG_LEVEL": os.environ.get("SKYJOBS_TEST_LOG_LEVEL", "WARNING"),
     }
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "stack.log", "w")  # noqa: SIM115
@@ -109,6 +113,7 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
     yield stack
     await supervisor.stop()
     log.close()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def _wait_worker_ready(stack: Stack) -> None:

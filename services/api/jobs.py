@@ -61,11 +61,18 @@ async def visible_job(request: Request, user: User, job_id: str) -> Job:
 
 
 async def _file_refs(request: Request, user: User, ids: list[str], what: str) -> list[FileRef]:
-    rows = await request.app.state.pool.fetch(
-        "SELECT f.file_id, f.owner_id, f.name, f.purged_at, j.deleted AS job_deleted "
-        "FROM files f LEFT JOIN jobs j ON j.job_id = f.job_id WHERE f.file_id = ANY($1::uuid[])",
-        ids,
-    )
+    state = request.app.state
+
+    async def fetch() -> list[asyncpg.Record]:
+        return await state.pool.fetch(  # type: ignore[no-any-return]
+            "SELECT f.file_id, f.owner_id, f.name, f.purged_at, j.deleted AS job_deleted "
+            "FROM files f LEFT JOIN jobs j ON j.job_id = f.job_id WHERE f.file_id = ANY($1::uuid[])",
+            ids,
+        )
+
+    rows = await fetch()
+    if len(rows) < len(set(ids)) and any(state.watch.is_recent(i) for i in ids):
+        rows = await state.watch.until(fetch, lambda found: len(found) == len(set(ids)))  # just uploaded
     found = {str(r["file_id"]): r for r in rows}
     refs = []
     for file_id in ids:

@@ -209,12 +209,18 @@ def _signal_group(pid: int, sig: int) -> None:
 
 
 def _describe_exit(returncode: int, stop_reason: str | None, limits: JobLimits) -> tuple[int, str | None]:
-    if returncode >= 0:
-        return returncode, stop_reason
-    sig = signal.Signals(-returncode)
-    error = stop_reason or f"killed by {sig.name}"
-    if stop_reason is None and sig == signal.SIGXCPU:
-        error = f"CPU time limit of {limits.cpu_seconds} s exceeded"
-    elif stop_reason is None and sig == signal.SIGXFSZ:
-        error = f"file size limit of {limits.file_size_bytes} bytes exceeded"
-    return 128 + sig.value, error
+    """Exit code in the shell's convention (128 + signal) and, for a signal, what it means."""
+    code = 128 - returncode if returncode < 0 else returncode
+    if stop_reason is not None or code <= 128:
+        return code, stop_reason
+    try:
+        sig = signal.Signals(code - 128)
+    except ValueError:
+        return code, None
+    if sig == signal.SIGXCPU:
+        return code, f"CPU time limit of {limits.cpu_seconds} s exceeded (SIGXCPU)"
+    if sig == signal.SIGXFSZ:
+        return code, f"file size limit of {limits.file_size_bytes} bytes exceeded (SIGXFSZ)"
+    if returncode < 0:
+        return code, f"killed by {sig.name}"
+    return code, None

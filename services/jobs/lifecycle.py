@@ -60,6 +60,9 @@ class Policy(msgspec.Struct, frozen=True):
     max_attempts: int = 3
 
 
+DEFAULT_POLICY = Policy()
+
+
 class Job(msgspec.Struct, kw_only=True):
     """The folded state of one job (also the value of the faust table)."""
 
@@ -91,7 +94,7 @@ class Job(msgspec.Struct, kw_only=True):
         return self.state in FINISHED
 
 
-def evolve(job: Job | None, event: JobEvent, policy: Policy = Policy()) -> Job:
+def evolve(job: Job | None, event: JobEvent, policy: Policy = DEFAULT_POLICY) -> Job:
     """Apply one event to the state (the state is None before `job.submitted`)."""
     if isinstance(event, JobSubmitted):
         return Job(
@@ -103,7 +106,7 @@ def evolve(job: Job | None, event: JobEvent, policy: Policy = Policy()) -> Job:
             input_files=list(event.input_files),
             ttl=event.ttl,
             deadline=event.deadline,
-            submitted_at=event.occurred_at,
+            submitted_at=event.submitted_at or event.occurred_at,
             request_hash=event.request_hash,
             version=event.sequence,
             correlation_id=event.correlation_id,
@@ -124,7 +127,7 @@ def evolve(job: Job | None, event: JobEvent, policy: Policy = Policy()) -> Job:
         case JobFailed():
             _finish(job, FAILED, event.occurred_at, event.exit_code, event.answer_id, event.stderr_id, event.error)
         case JobCancelRequested():
-            job.state = CANCELLING
+            job.state, job.error = CANCELLING, event.reason
         case JobCancelled():
             _finish(job, CANCELLED, event.occurred_at, event.exit_code, event.answer_id, event.stderr_id, event.reason)
         case JobExpired():
@@ -153,12 +156,13 @@ def _finish(
     job.lease_until = None
 
 
-def decide(job: Job | None, command: JobCommand, now: datetime, policy: Policy = Policy()) -> list[JobEvent]:
+def decide(job: Job | None, command: JobCommand, now: datetime, policy: Policy = DEFAULT_POLICY) -> list[JobEvent]:
     """The events a command causes in the current state (often none)."""
     if isinstance(command, RunJob):
         if job is not None:
             return []  # a redelivered or idempotent run: the job exists already
-        deadline = now + timedelta(seconds=command.ttl) if command.ttl is not None else None
+        submitted_at = min(command.issued_at, now)
+        deadline = submitted_at + timedelta(seconds=command.ttl) if command.ttl is not None else None
         return [
             JobSubmitted(
                 **_meta(None, command, now),
@@ -169,6 +173,7 @@ def decide(job: Job | None, command: JobCommand, now: datetime, policy: Policy =
                 ttl=command.ttl,
                 deadline=deadline,
                 request_hash=command.request_hash,
+                submitted_at=submitted_at,
             )
         ]
     if job is None or job.deleted:

@@ -10,10 +10,11 @@ from events.files import FileEvent
 from events.jobs import JobCommand, JobEvent
 
 AnyEvent = JobEvent | FileEvent
+AnyCommand = JobCommand
 
 _encoder = msgspec.json.Encoder()
 _event_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(AnyEvent)
-_command_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(JobCommand)
+_command_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(AnyCommand)
 
 
 class DecodeError(ValueError):

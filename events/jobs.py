@@ -91,7 +91,7 @@ class JobStarted(Event, frozen=True, tag="job.started.v1"):
     attempt: int
 
 
-class JobHeartbeat(Event, frozen=True, tag="job.heartbeat.v1"):
+class JobHeartbeat(Event, frozen=True, tag="job.heartbeat-recorded.v1"):
     executor_id: str
     attempt: int
 

@@ -8,7 +8,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from events.jobs import FileRef, JobDeleted, JobEvent, JobHeartbeat
+from events.jobs import FileRef, JobEvent, JobHeartbeat
 from events.topics import JOB_EVENTS
 from services.jobs.lifecycle import Job, evolve
 
@@ -64,19 +64,12 @@ async def write(conn: asyncpg.Connection, events: list[JobEvent]) -> None:
         for r in await conn.fetch(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE job_id = ANY($1::uuid[])", list(by_job))
     }
     rows = []
-    purged: list[str] = []
     for job_id, stream in by_job.items():
         row = current.get(job_id)
         before = row.version if row else 0
         for event in stream:
             row = apply(row, event)
-            if isinstance(event, JobDeleted) and row is not None:
-                purged += [f for f in (event.answer_id, event.stderr_id) if f]
         if row is not None and row.version > before and not all(isinstance(e, JobHeartbeat) for e in stream):
             rows.append(to_record(row))
     if rows:
         await conn.executemany(_UPSERT, rows)
-    if purged:
-        await conn.execute(
-            "UPDATE files SET purged_at = now() WHERE file_id = ANY($1::uuid[]) AND purged_at IS NULL", purged
-        )

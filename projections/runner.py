@@ -21,7 +21,7 @@ from services import db
 
 log = logging.getLogger(__name__)
 
-PROJECTIONS: tuple[ModuleType, ...] = (files, jobs)  # files first: a job row may purge its files
+PROJECTIONS: tuple[ModuleType, ...] = (files, jobs)
 GROUP = "skyjobs-projector"
 NOTIFY_CHANNEL = "skyjobs_projection"
 
@@ -38,8 +38,9 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class Projector:
-    def __init__(self, bootstrap: str, database_url: str, batch_size: int = 2000) -> None:
+    def __init__(self, bootstrap: str, database_url: str, batch_size: int = 2000, group: str = GROUP) -> None:
         self.bootstrap = bootstrap
+        self.group = group
         self.database_url = database_url
         self.batch_size = batch_size
         self.by_topic = {p.TOPIC: p for p in PROJECTIONS}
@@ -61,7 +62,7 @@ class Projector:
         self.pool = await db.create_pool(self.database_url, min_size=1, max_size=2)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
-            group_id=GROUP,
+            group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_poll_records=self.batch_size,

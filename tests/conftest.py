@@ -75,7 +75,7 @@ def infra() -> Iterator[Infra]:
 async def stack(infra: Infra) -> AsyncIterator[Stack]:
     data_dir = Path(tempfile.mkdtemp(prefix="skyjobs-test-data-"))
     os.chmod(data_dir, 0o755)
-    tokens = {name: secrets.token_urlsafe(12) for name in ("admin", "alice", "bob")}
+    tokens = {name: secrets.token_urlsafe(12) for name in ("admin", "alice", "bob", "carol", "fuzz")}
     port = free_port()
     env = {
         "SKYJOBS_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
@@ -151,3 +151,10 @@ async def wait_state(client: httpx.AsyncClient, job_id: str, *states: str, timeo
         return info if info.get("state") in states else None
 
     return await eventually(probe, timeout=timeout, what=f"job {job_id} in {states}")
+
+
+@pytest.fixture
+async def carol(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    """A user whose requests are all invalid: nothing may ever be written for her."""
+    async with stack.client("carol") as client:
+        yield client

@@ -19,7 +19,7 @@ import msgspec
 
 from events.base import Command, new_id, utcnow
 from events.codec import DecodeError, decode_command, decode_event, encode
-from events.files import FileStored
+from events.files import FilePurged, FileStored
 from events.jobs import STOP_EVENTS, ExpireJob, JobDeleted, JobRequeued, JobSubmitted, ReleaseJob
 from events.topics import DEAD_LETTERS, FILE_EVENTS, JOB_COMMANDS, JOB_EVENTS
 from services.blobs import LocalBlobStore
@@ -135,10 +135,18 @@ def create_app(config: Config) -> faust.App:
             elif isinstance(message, STOP_EVENTS):
                 executor.stop(message.stream_id, _stop_reason(message))
                 if isinstance(message, JobDeleted):
-                    for file_id in (message.answer_id, message.stderr_id):
-                        if file_id:
-                            executor.blobs.delete(file_id)
+                    await purge_outputs(message)
             event.ack()
+
+    async def purge_outputs(deleted: JobDeleted) -> None:
+        """A deleted job's stored output goes too: bytes from the store, then a purge event."""
+        for file_id in (deleted.answer_id, deleted.stderr_id):
+            if file_id:
+                executor.blobs.delete(file_id)
+                await files.send(key=file_id.encode(), value=encode(FilePurged(
+                    event_id=new_id(), stream_id=file_id, sequence=2, occurred_at=deleted.occurred_at,
+                    correlation_id=deleted.correlation_id, causation_id=deleted.event_id, actor=deleted.actor,
+                    reason=f"job {deleted.stream_id} was deleted")))
 
     async def run_one(job: Job, event: Any, slots: asyncio.Semaphore) -> None:
         try:

@@ -96,24 +96,27 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
     log = open(ARTIFACTS / "stack.log", "w")  # noqa: SIM115
     supervisor = Supervisor(colour=False, out=log)
     stack = Stack(infra, f"http://127.0.0.1:{port}", env, supervisor, data_dir, tokens)
-    setup = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", "setup", env={**os.environ, **env})
-    assert await setup.wait() == 0, "skyjobs setup failed"
-    for name in ("projector", "worker", "api"):
-        await stack.start(name)
+    try:
+        setup = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", "setup",
+                                                     env={**os.environ, **env})
+        assert await setup.wait() == 0, "skyjobs setup failed"
+        for name in ("projector", "worker", "api"):
+            await stack.start(name)
 
-    async def healthy() -> bool:
-        try:
-            async with httpx.AsyncClient() as client:
-                return (await client.get(f"{stack.url}/healthz")).status_code == 200
-        except httpx.HTTPError:
-            return False
+        async def healthy() -> bool:
+            try:
+                async with httpx.AsyncClient() as client:
+                    return (await client.get(f"{stack.url}/healthz")).status_code == 200
+            except httpx.HTTPError:
+                return False
 
-    await eventually(healthy, timeout=120, interval=0.2, what="API health")
-    await _wait_worker_ready(stack)
-    yield stack
-    await supervisor.stop()
-    log.close()
-    shutil.rmtree(data_dir, ignore_errors=True)
+        await eventually(healthy, timeout=120, interval=0.2, what="API health")
+        await _wait_worker_ready(stack)
+        yield stack
+    finally:
+        await supervisor.stop()
+        log.close()
+        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def _wait_worker_ready(stack: Stack) -> None:

@@ -228,11 +228,13 @@ def _release(job: Job, meta: dict[str, Any], policy: Policy) -> JobEvent:
 
 
 def _meta(job: Job | None, command: JobCommand, now: datetime) -> dict[str, Any]:
+    # What an executor reports happened when it says (bounded by now against clock skew).
+    reported = isinstance(command, StartJob | Heartbeat | FinishJob)
     return {
         "event_id": new_id(),
         "stream_id": command.stream_id,
         "sequence": (job.version if job else 0) + 1,
-        "occurred_at": now,
+        "occurred_at": min(command.issued_at, now) if reported else now,
         "correlation_id": (job.correlation_id if job else None) or command.correlation_id or command.command_id,
         "causation_id": command.command_id,
         "actor": command.actor,

@@ -150,7 +150,8 @@ def test_lost_executor_requeues_then_fails(job_id: str) -> None:
 def test_heartbeat_extends_the_lease(job_id: str) -> None:
     job, _ = given(run(job_id), StartJob(**meta(job_id), executor_id="e1", attempt=1))
     assert job is not None
-    (beat,) = decide(job, Heartbeat(**meta(job_id), executor_id="e1", attempt=1), T0 + timedelta(seconds=8), POLICY)
+    beat_at = T0 + timedelta(seconds=8)
+    (beat,) = decide(job, Heartbeat(**meta(job_id, beat_at), executor_id="e1", attempt=1), beat_at, POLICY)
     assert isinstance(beat, JobHeartbeat)
     job = evolve(job, beat, POLICY)
     assert decide(job, ReleaseJob(**meta(job_id), attempt=1), T0 + timedelta(seconds=12), POLICY) == []

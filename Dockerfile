@@ -1,4 +1,5 @@
-# skyjobs processes (api, worker, projector, setup); Kafka and Postgres run from their own images.
+# skyjobs processes (api, worker, projector, router, setup); Kafka and Postgres run from their own images.
+# The example worker services run from it too: --entrypoint python ... -m workers.image_transform_service
 FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
@@ -14,6 +15,7 @@ COPY events ./events
 COPY projections ./projections
 COPY infra ./infra
 COPY schemas ./schemas
+COPY workers ./workers
 RUN pip install . \
  && useradd --system --uid 10001 --home-dir /data --no-create-home skyjobs \
  && mkdir -p /data \

@@ -5,12 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+import orjson
 
+from events import upcast
 from events.files import FileEvent
 from events.jobs import JobCommand, JobEvent
+from events.services import ServiceCommand, ServiceEvent
+from events.tasks import TaskEvent
+from events.works import WorkCommand, WorkEvent
 
-AnyEvent = JobEvent | FileEvent
-AnyCommand = JobCommand
+AnyEvent = JobEvent | FileEvent | ServiceEvent | TaskEvent | WorkEvent
+AnyCommand = JobCommand | ServiceCommand | WorkCommand
 
 _encoder = msgspec.json.Encoder()
 _event_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(AnyEvent)
@@ -28,10 +33,20 @@ def encode(message: msgspec.Struct) -> bytes:
 
 
 def decode_event(raw: bytes) -> Any:
+    """The current version of an event, whatever version the log holds (events/upcast.py)."""
     try:
         return _event_decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        raise DecodeError(str(exc)) from exc
+        try:
+            message = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise DecodeError(str(exc)) from exc
+        if not isinstance(message, dict) or message.get("type") not in upcast.EVENT_UPCASTERS:
+            raise DecodeError(str(exc)) from exc
+        try:
+            return msgspec.convert(upcast.upcast(message), AnyEvent, strict=False)
+        except (msgspec.ValidationError, KeyError, ValueError) as again:
+            raise DecodeError(f"old event could not be upcast: {again}") from exc
     except msgspec.DecodeError as exc:
         raise DecodeError(f"not JSON: {exc}") from exc
 
@@ -43,3 +58,15 @@ def decode_command(raw: bytes) -> Any:
         raise DecodeError(str(exc)) from exc
     except msgspec.DecodeError as exc:
         raise DecodeError(f"not JSON: {exc}") from exc
+
+
+def decode_command_of(raw: bytes, kinds: Any) -> Any:
+    """A command of one of `kinds` (a union): a command meant for another stream is refused too."""
+    command = decode_command(raw)
+    if not isinstance(command, kinds):
+        raise DecodeError(f"{command.__struct_config__.tag} does not belong on this topic")
+    return command
+
+
+def decode_work_command(raw: bytes) -> Any:
+    return decode_command_of(raw, WorkCommand)

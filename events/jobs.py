@@ -30,6 +30,7 @@ class RunJob(Command, frozen=True, tag="job.run.v1"):
     input_files: list[FileRef] = []
     ttl: int | None = None
     request_hash: str | None = None
+    labels: dict[str, str] = {}  # who asked, e.g. {"work_id": ..., "task_id": ...} for a work's task
 
 
 class CancelJob(Command, frozen=True, tag="job.cancel.v1"):
@@ -84,6 +85,7 @@ class JobSubmitted(Event, frozen=True, tag="job.submitted.v1"):
     deadline: datetime | None = None
     request_hash: str | None = None
     submitted_at: datetime | None = None  # when the API accepted the run (occurred_at is the decision)
+    labels: dict[str, str] = {}
 
 
 class JobStarted(Event, frozen=True, tag="job.started.v1"):

@@ -16,19 +16,37 @@ class TopicSpec:
 JOB_COMMANDS = "skyjobs.job-commands"
 JOB_EVENTS = "skyjobs.job-events"
 FILE_EVENTS = "skyjobs.file-events"
+WORK_COMMANDS = "skyjobs.work-commands"
+WORK_EVENTS = "skyjobs.work-events"
 DEAD_LETTERS = "skyjobs.dead-letters"
+
+# Worker services and the task proxy (seed 004). The registry is one stream (one key, one partition
+# in use); task events are keyed by task id. Neither needs a faust table: the router folds the
+# registry from its events and keeps in-flight tasks unacknowledged instead.
+SERVICE_COMMANDS = "skyjobs.service-commands"
+SERVICE_EVENTS = "skyjobs.service-events"
+TASK_EVENTS = "skyjobs.task-events"
 
 # Changelogs of the job worker's faust tables (faust names them "<app id>-<table>-changelog").
 # Created up front with the partition count of the job topics: faust creating them itself at
 # start-up races its own partition assignment.
 JOB_STATE_CHANGELOG = "skyjobs-jobs-jobs-changelog"
 ACTIVE_JOBS_CHANGELOG = "skyjobs-jobs-active-jobs-changelog"
+WORKS_CHANGELOG = "skyjobs-jobs-works-changelog"
+WORK_SCHEDULE_CHANGELOG = "skyjobs-jobs-work-schedule-changelog"
 
 TOPICS = (
     TopicSpec(JOB_COMMANDS, retention_ms=7 * 24 * 3600 * 1000),
     TopicSpec(JOB_EVENTS),
     TopicSpec(FILE_EVENTS),
     TopicSpec(DEAD_LETTERS),
+    TopicSpec(SERVICE_COMMANDS, retention_ms=7 * 24 * 3600 * 1000),
+    TopicSpec(SERVICE_EVENTS),
+    TopicSpec(TASK_EVENTS),
     TopicSpec(JOB_STATE_CHANGELOG, compacted=True),
     TopicSpec(ACTIVE_JOBS_CHANGELOG, compacted=True),
+    TopicSpec(WORK_COMMANDS, retention_ms=7 * 24 * 3600 * 1000),
+    TopicSpec(WORK_EVENTS),
+    TopicSpec(WORKS_CHANGELOG, compacted=True),
+    TopicSpec(WORK_SCHEDULE_CHANGELOG, compacted=True),
 )

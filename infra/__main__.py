@@ -44,7 +44,7 @@ def _apt_install(*packages: str) -> None:
 
 
 def install() -> None:
-    """Make sure java, mvn, the Postgres server binaries and the Kafka jars are present."""
+    """Make sure java, mvn, the Postgres server binaries, Chromium and the Kafka jars are present."""
     packages = []
     if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
         packages.append("default-jre-headless")
@@ -59,6 +59,8 @@ def install() -> None:
         if os.geteuid() == 0:
             conf.parent.mkdir(parents=True, exist_ok=True)
             conf.write_text("create_main_cluster = false\n")
+    if not shutil.which("chromium"):
+        packages.append("chromium")  # the dashboard's end-to-end test drives Debian's Chromium
     if packages:
         print(f"installing {' '.join(packages)} with apt-get", flush=True)
         _apt_install(*packages)

@@ -16,12 +16,12 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from events.codec import DecodeError, decode_event
-from projections import files, jobs
+from projections import event_log, files, jobs, services, tasks, works
 from services import db
 
 log = logging.getLogger(__name__)
 
-PROJECTIONS: tuple[ModuleType, ...] = (files, jobs)
+PROJECTIONS: tuple[ModuleType, ...] = (files, jobs, services, tasks, works)
 GROUP = "skyjobs-projector"
 NOTIFY_CHANNEL = "skyjobs_projection"
 
@@ -38,12 +38,19 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class Projector:
-    def __init__(self, bootstrap: str, database_url: str, batch_size: int = 2000, group: str = GROUP) -> None:
+    def __init__(self, bootstrap: str, database_url: str, batch_size: int = 2000, group: str = GROUP,
+                 projections: tuple[ModuleType, ...] = PROJECTIONS, log_events: bool = True,
+                 search_path: str | None = None) -> None:
         self.bootstrap = bootstrap
         self.group = group
         self.database_url = database_url
         self.batch_size = batch_size
-        self.by_topic = {p.TOPIC: p for p in PROJECTIONS}
+        self.projections = projections
+        self.log_events = log_events
+        self.search_path = search_path
+        self.by_topic = {p.TOPIC: p for p in projections}
+        if log_events:  # the event log holds every event topic
+            self.by_topic |= {p.TOPIC: p for p in PROJECTIONS}
         self.pool: asyncpg.Pool | None = None
         self.consumer: AIOKafkaConsumer | None = None
 
@@ -59,7 +66,7 @@ class Projector:
                 self.consumer.seek(tp, offset)
 
     async def run(self) -> None:
-        self.pool = await db.create_pool(self.database_url, min_size=1, max_size=2)
+        self.pool = await db.create_pool(self.database_url, min_size=1, max_size=2, search_path=self.search_path)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group,
@@ -91,6 +98,7 @@ class Projector:
             )
             stored = {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
             per_topic: dict[str, list[Any]] = defaultdict(list)
+            logged: list[event_log.Logged] = []
             next_offsets = []
             for tp, records in batch.items():
                 start = stored.get((tp.topic, tp.partition), 0)
@@ -99,15 +107,19 @@ class Projector:
                     continue
                 for record in fresh:
                     try:
-                        per_topic[tp.topic].append(decode_event(record.value))
+                        event = decode_event(record.value)
+                        per_topic[tp.topic].append(event)
+                        logged.append(event_log.Logged(tp.topic, tp.partition, record.offset, record.value, event))
                     except DecodeError as exc:
                         log.error("skipping undecodable event %s@%s: %s", tp, record.offset, exc)
                 next_offsets.append((tp.topic, tp.partition, fresh[-1].offset + 1))
             if not next_offsets:
                 return
-            for projection in PROJECTIONS:
+            for projection in self.projections:
                 if per_topic.get(projection.TOPIC):
                     await projection.write(conn, per_topic[projection.TOPIC])
+            if logged and self.log_events:
+                await event_log.write(conn, logged)
             await conn.executemany(
                 "INSERT INTO projector_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) "
                 "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",

@@ -1,4 +1,4 @@
-"""`skyjobs dev | setup | api | worker | projector`: the entry points of every process."""
+"""`skyjobs dev | setup | api | worker | projector | router`: the entry points of every process."""
 
 from __future__ import annotations
 
@@ -48,6 +48,22 @@ def run_worker(config: Config) -> None:
     worker.execute_from_commandline()
 
 
+def run_router(config: Config) -> None:
+    """The task proxy's router (seed 004): registry agent, task consumer, health checks."""
+    import faust
+    import mode.loop
+
+    from services.proxy.router import create_app
+
+    mode.loop.use("uvloop")  # measured: the asyncio loop doubled the router's time per task
+
+    asyncio.run(setup(config))
+    app = create_app(config)
+    worker = faust.Worker(app, loglevel=os.environ.get("SKYJOBS_LOG_LEVEL", "INFO"), quiet=True,
+                          override_logging=False)
+    worker.execute_from_commandline()
+
+
 def run_projector(config: Config) -> None:
     import uvloop
 
@@ -58,6 +74,21 @@ def run_projector(config: Config) -> None:
         await project(config.kafka_bootstrap, config.database_url)
 
     uvloop.run(main())
+
+
+def run_replay(config: Config, names: list[str], everything: bool, keep_old: bool) -> None:
+    import orjson
+
+    from projections.replay import NAMES, ReplayError, replay
+
+    if everything == bool(names):
+        raise SystemExit(f"skyjobs replay: give --all or --projection NAME (one of {', '.join(NAMES)})")
+    try:
+        result = asyncio.run(replay(config.kafka_bootstrap, config.database_url, NAMES if everything else tuple(names),
+                                    keep_old=keep_old))
+    except ReplayError as exc:
+        raise SystemExit(f"skyjobs replay: {exc}") from None
+    print(orjson.dumps(result).decode())
 
 
 async def dev(config: Config) -> None:
@@ -98,7 +129,7 @@ async def dev(config: Config) -> None:
         child_config = from_env({**os.environ, **env})
         await setup(child_config)
         python = sys.executable
-        for name in ("projector", "worker", "api"):
+        for name in ("projector", "worker", "router", "api"):
             await supervisor.start(name, [python, "-m", "services.cli", name], env)
         url = f"http://{config.host}:{config.port}"
         supervisor.echo("skyjobs", f"API on {url}  (token in {token_file})")
@@ -122,7 +153,10 @@ async def dev(config: Config) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="skyjobs", description=__doc__)
-    parser.add_argument("command", choices=["dev", "setup", "api", "worker", "projector"])
+    parser.add_argument("command", choices=["dev", "setup", "api", "worker", "projector", "router", "replay"])
+    parser.add_argument("--projection", action="append", help="replay: a projection to rebuild (repeatable)")
+    parser.add_argument("--all", action="store_true", help="replay: rebuild every projection")
+    parser.add_argument("--keep-old", action="store_true", help="replay: keep the replaced tables in a schema")
     args = parser.parse_args(argv)
     _logging(os.environ.get("SKYJOBS_LOG_LEVEL", "INFO"))
     config = from_env()
@@ -136,6 +170,12 @@ def main(argv: list[str] | None = None) -> None:
         run_worker(config)
     elif args.command == "projector":
         run_projector(config)
+    elif args.command == "replay":
+        run_replay(config, args.projection or [], args.all, args.keep_old)
+    elif args.command == "replay":
+        run_replay(config, args.projection or [], args.all, args.keep_old)
+    elif args.command == "router":
+        run_router(config)
 
 
 if __name__ == "__main__":

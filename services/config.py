@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,26 @@ class JobLimits:
 
 
 @dataclass(frozen=True)
+class ProxySettings:
+    """Knobs of the worker-service proxy (SKYJOBS_PROXY_*): the API's add_task and the router."""
+
+    wait: float = 30.0  # add_task waits this long for the answer, then 504 with the task id
+    max_wait: float = 300.0  # the most a caller may ask for with ?timeout=
+    call_timeout: float = 60.0  # one attempt on one instance
+    max_attempts: int = 3  # attempts on (preferably different) instances before the task fails
+    backoff: float = 0.05  # delay before the second attempt, doubled for each further one
+    concurrency: int = 16  # tasks at once on one instance (its /me may ask for fewer)
+    queue: int = 1000  # outstanding tasks per service before add_task answers 429
+    task_ttl: float = 600.0  # an accepted task that no instance took by then fails ("expired")
+    no_instance_wait: float = 5.0  # the router waits this long for a healthy instance, then fails it (503)
+    health_interval: float = 2.0  # every registered instance's /me is called this often
+    probe_timeout: float = 2.0
+    allowed_hosts: tuple[str, ...] = ()  # hosts an instance URL may name; empty: any
+    max_body: int = 16 * 1024**2  # add_task body (base64 images)
+    inline_limit: int = 256 * 1024  # larger file arguments and answers go to the blob store
+
+
+@dataclass(frozen=True)
 class Config:
     kafka_bootstrap: str = "127.0.0.1:9092"
     database_url: str = "postgresql://skyjobs:skyjobs@127.0.0.1:5432/skyjobs"
@@ -54,6 +75,8 @@ class Config:
     kafka_timeout: float = 5.0
     read_your_writes_wait: float = 5.0
     worker_id: str = ""
+    flink_home: str | None = None
+    proxy: ProxySettings = ProxySettings()
 
     @property
     def blob_dir(self) -> Path:
@@ -126,4 +149,27 @@ def from_env(env: dict[str, str] | None = None) -> Config:
         kafka_timeout=number("KAFKA_TIMEOUT", base.kafka_timeout),
         read_your_writes_wait=number("READ_YOUR_WRITES_WAIT", base.read_your_writes_wait),
         worker_id=get("WORKER_ID", f"{os.uname().nodename}-{os.getpid()}"),
+        flink_home=env.get("SKYJOBS_FLINK_HOME") or None,
+        proxy=_proxy_settings(get, number),
+    )
+
+
+def _proxy_settings(get: Callable[[str, str], str], number: Callable[[str, float], float]) -> ProxySettings:
+    base = ProxySettings()
+    hosts = get("PROXY_ALLOWED_HOSTS", ",".join(base.allowed_hosts))
+    return ProxySettings(
+        wait=number("PROXY_WAIT", base.wait),
+        max_wait=number("PROXY_MAX_WAIT", base.max_wait),
+        call_timeout=number("PROXY_CALL_TIMEOUT", base.call_timeout),
+        max_attempts=max(1, int(number("PROXY_MAX_ATTEMPTS", base.max_attempts))),
+        backoff=number("PROXY_BACKOFF", base.backoff),
+        concurrency=max(1, int(number("PROXY_CONCURRENCY", base.concurrency))),
+        queue=max(1, int(number("PROXY_QUEUE", base.queue))),
+        task_ttl=number("PROXY_TASK_TTL", base.task_ttl),
+        no_instance_wait=number("PROXY_NO_INSTANCE_WAIT", base.no_instance_wait),
+        health_interval=number("PROXY_HEALTH_INTERVAL", base.health_interval),
+        probe_timeout=number("PROXY_PROBE_TIMEOUT", base.probe_timeout),
+        allowed_hosts=tuple(h.strip().lower() for h in hosts.split(",") if h.strip()),
+        max_body=int(number("PROXY_MAX_BODY", base.max_body)),
+        inline_limit=int(number("PROXY_INLINE_LIMIT", base.inline_limit)),
     )

@@ -34,11 +34,24 @@ async def connect(url: str, timeout: float = 60) -> asyncpg.Connection:
             await asyncio.sleep(0.3)
 
 
-async def create_pool(url: str, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(url: str, min_size: int = 2, max_size: int = 10, search_path: str | None = None) -> asyncpg.Pool:
     await (await connect(url)).close()  # waits until Postgres answers
-    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection)
+    settings = {"search_path": search_path} if search_path else None
+    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection,
+                                     server_settings=settings)
     assert pool is not None
     return pool
+
+
+async def migrate_into(conn: asyncpg.Connection, schema: str) -> None:
+    """Create every migrated table afresh in `schema` (for a replay); extensions stay in public."""
+    await conn.execute(f'CREATE SCHEMA "{schema}"')
+    await conn.execute(f'SET search_path = "{schema}", public')
+    try:
+        for path in sorted(MIGRATIONS.glob("*.sql")):
+            await conn.execute(path.read_text())
+    finally:
+        await conn.execute("SET search_path = public")
 
 
 async def migrate(url: str) -> list[str]:

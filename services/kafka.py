@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from events import cloudevents
 from events.topics import TOPICS
 
 log = logging.getLogger(__name__)
@@ -57,13 +58,13 @@ async def create_topics(bootstrap: str, partitions: int, timeout: float = 60) ->
 class CommandBus:
     """Produces commands keyed by their stream id: idempotent producer, acks from all replicas."""
 
-    def __init__(self, bootstrap: str, timeout: float) -> None:
+    def __init__(self, bootstrap: str, timeout: float, linger_ms: int = 1) -> None:
         self.timeout = timeout
         self.producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             enable_idempotence=True,
             acks="all",
-            linger_ms=1,
+            linger_ms=linger_ms,
             request_timeout_ms=int(timeout * 1000),
             max_batch_size=256 * 1024,
         )
@@ -85,7 +86,8 @@ class CommandBus:
     async def send(self, topic: str, key: str, value: bytes) -> None:
         """Returns once Kafka has acknowledged; raises BrokerUnavailable otherwise."""
         try:
-            future = await asyncio.wait_for(self.producer.send(topic, value, key=key.encode()), self.timeout)
+            future = await asyncio.wait_for(
+                self.producer.send(topic, value, key=key.encode(), headers=cloudevents.headers(value)), self.timeout)
             await asyncio.wait_for(future, self.timeout)
         except (TimeoutError, KafkaError) as exc:
             raise BrokerUnavailable(f"Kafka did not acknowledge within {self.timeout:g} s: {exc!r}") from exc

@@ -91,6 +91,13 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
         "SKYJOBS_JOB_MEMORY_BYTES": str(512 * 1024 * 1024),
         "SKYJOBS_KAFKA_TIMEOUT": "3",
         "SKYJOBS_LOG_LEVEL": os.environ.get("SKYJOBS_TEST_LOG_LEVEL", "WARNING"),
+        # the task proxy: instances only on this machine, quick health checks, a small queue (429 test)
+        "SKYJOBS_PROXY_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SKYJOBS_PROXY_HEALTH_INTERVAL": "0.5",
+        "SKYJOBS_PROXY_PROBE_TIMEOUT": "1",
+        "SKYJOBS_PROXY_NO_INSTANCE_WAIT": "2",
+        "SKYJOBS_PROXY_CALL_TIMEOUT": "10",
+        "SKYJOBS_PROXY_QUEUE": "40",
     }
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "stack.log", "w")  # noqa: SIM115
@@ -100,7 +107,7 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
         setup = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", "setup",
                                                      env={**os.environ, **env})
         assert await setup.wait() == 0, "skyjobs setup failed"
-        for name in ("projector", "worker", "api"):
+        for name in ("projector", "worker", "router", "api"):
             await stack.start(name)
 
         async def healthy() -> bool:

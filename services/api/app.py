@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -12,8 +13,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from projections.runner import PROJECTIONS
 from services import db
-from services.api import files, jobs
+from services.api import files, history, jobs, metrics, pipelines, proxy, stream, works
 from services.api.errors import ApiError, MethodNotAllowed, NotFound, json_response
 from services.api.freshness import ProjectionWatch
 from services.api.openapi import DOCUMENT
@@ -22,6 +24,14 @@ from services.config import Config
 from services.kafka import CommandBus
 
 log = logging.getLogger(__name__)
+
+
+DASHBOARD = (Path(__file__).parent / "dashboard.html").read_bytes()
+
+
+async def dashboard(request: Request) -> Response:
+    """The live dashboard (it asks for a token and calls the API from the browser)."""
+    return Response(DASHBOARD, media_type="text/html; charset=utf-8")
 
 
 async def openapi(request: Request) -> Response:
@@ -40,6 +50,9 @@ async def on_api_error(request: Request, exc: Exception) -> Response:
 
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    if request.url.path.startswith("/api/v1/"):  # the works API has the seed 003 envelope
+        code = {404: 404100, 405: 405100}.get(exc.status_code, 400100)
+        return works.WorkError(code, exc.status_code, f"{exc.detail}: {request.method} {request.url.path}").response()
     if exc.status_code == 404:
         return NotFound(f"no route {request.url.path}").response()
     if exc.status_code == 405:
@@ -49,6 +62,8 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
+    if request.url.path.startswith("/api/v1/"):
+        return works.WorkError(500100, 500, "internal error").response()
     return json_response({"error": "internal error"}, 500)
 
 
@@ -63,9 +78,14 @@ def create_app(config: Config) -> Starlette:
         await app.state.watch.start()
         app.state.bus = CommandBus(config.kafka_bootstrap, config.kafka_timeout)
         await app.state.bus.start()
+        app.state.proxy = await proxy.start(config)
+        app.state.tail = stream.EventTail(config.kafka_bootstrap, tuple(p.TOPIC for p in PROJECTIONS), app.state.pool)
+        await app.state.tail.start()
         try:
             yield
         finally:
+            await app.state.tail.stop()
+            await proxy.stop(app.state.proxy)
             await app.state.bus.stop()
             await app.state.watch.stop()
             await app.state.pool.close()
@@ -79,6 +99,13 @@ def create_app(config: Config) -> Starlette:
         Route("/api/job/delete", jobs.delete, methods=["DELETE"]),
         Route("/api/files", files.upload, methods=["POST"]),
         Route("/api/files/{file_id}", files.download, methods=["GET"]),
+        *proxy.ROUTES,
+        *works.ROUTES,
+        *pipelines.ROUTES,
+        *history.ROUTES,
+        *stream.ROUTES,
+        *metrics.ROUTES,
+        Route("/", dashboard, methods=["GET"]),
         Route("/openapi.json", openapi, methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
     ]

@@ -8,7 +8,11 @@
       ├── Conflict       409  the job's state or an idempotency key forbids it
       ├── Gone           410  the job was deleted
       ├── TooLarge       413  an upload over the size limit
-      └── Unavailable    503  Kafka did not acknowledge; retry later
+      ├── Unprocessable  422  a worker service refused a task's arguments
+      ├── TooManyRequests 429 a worker service's queue is full; retry later
+      ├── BadGateway     502  every attempt of a task on the service's instances failed
+      ├── Unavailable    503  Kafka did not acknowledge, or no healthy instance; retry later
+      └── GatewayTimeout 504  a task's answer did not come in time; poll its task id
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ class ApiError(Exception):
 
     def response(self) -> Response:
         headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else {}
-        if self.status == 503:
+        if self.status in (429, 503):
             headers["Retry-After"] = "1"
         return json_response({"error": self.message, **self.extra}, self.status, headers)
 
@@ -66,8 +70,24 @@ class TooLarge(ApiError):
     status = 413
 
 
+class Unprocessable(ApiError):
+    status = 422
+
+
+class TooManyRequests(ApiError):
+    status = 429
+
+
+class BadGateway(ApiError):
+    status = 502
+
+
 class Unavailable(ApiError):
     status = 503
+
+
+class GatewayTimeout(ApiError):
+    status = 504
 
 
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -16,8 +16,10 @@ from services.config import User
 _TRAILING_COMMA = re.compile(r'("(?:[^"\\]|\\.)*")|,(\s*[}\]])')
 
 
-def authenticate(request: Request) -> User:
+def authenticate(request: Request, allow_query_token: bool = False) -> User:
     header = request.headers.get("authorization", "")
+    if not header and allow_query_token and "access_token" in request.query_params:
+        header = f"Bearer {request.query_params['access_token']}"
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("missing bearer token: send 'Authorization: Bearer <token>'")

@@ -85,6 +85,7 @@ class Job(msgspec.Struct, kw_only=True):
     executor_id: str | None = None
     lease_until: datetime | None = None
     request_hash: str | None = None
+    labels: dict[str, str] = {}
     deleted: bool = False
     version: int = 0
     correlation_id: str = ""
@@ -108,6 +109,7 @@ def evolve(job: Job | None, event: JobEvent, policy: Policy = DEFAULT_POLICY) ->
             deadline=event.deadline,
             submitted_at=event.submitted_at or event.occurred_at,
             request_hash=event.request_hash,
+            labels=dict(event.labels),
             version=event.sequence,
             correlation_id=event.correlation_id,
         )
@@ -174,6 +176,7 @@ def decide(job: Job | None, command: JobCommand, now: datetime, policy: Policy =
                 deadline=deadline,
                 request_hash=command.request_hash,
                 submitted_at=submitted_at,
+                labels=command.labels,
             )
         ]
     if job is None or job.deleted:

@@ -17,16 +17,18 @@ from typing import Any
 import faust
 import msgspec
 
+from events import cloudevents
 from events.base import Command, new_id, utcnow
-from events.codec import DecodeError, decode_command, decode_event, encode
+from events.codec import DecodeError, decode_command_of, decode_event, encode
 from events.files import FilePurged, FileStored
-from events.jobs import STOP_EVENTS, ExpireJob, JobDeleted, JobRequeued, JobSubmitted, ReleaseJob
+from events.jobs import STOP_EVENTS, ExpireJob, JobCommand, JobDeleted, JobRequeued, JobSubmitted, ReleaseJob
 from events.topics import DEAD_LETTERS, FILE_EVENTS, JOB_COMMANDS, JOB_EVENTS
 from services.blobs import LocalBlobStore
 from services.config import Config
 from services.jobs import lifecycle
 from services.jobs.executor import Executor
 from services.jobs.lifecycle import QUEUED, Job, Policy
+from services.works.agents import register as register_works
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +40,19 @@ _state_decoder = msgspec.json.Decoder(Job)
 MAX_PENDING = 10_000
 
 
+class CloudEventsTopic(faust.Topic):  # type: ignore[misc]
+    """A faust topic whose messages carry the CloudEvents Kafka-binding headers."""
+
+    async def send(self, *args: Any, value: Any = None, headers: Any = None, **kwargs: Any) -> Any:
+        if isinstance(value, bytes):
+            headers = [*(headers.items() if isinstance(headers, dict) else headers or []),
+                       *cloudevents.headers(value)]
+        return await super().send(*args, value=value, headers=headers, **kwargs)
+
+
 def _raw(app: faust.App, name: str, partitions: int) -> Any:
-    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
-                     partitions=partitions)
+    return CloudEventsTopic(app, topics=[name], key_type=bytes, value_type=bytes, key_serializer="raw",
+                            value_serializer="raw", partitions=partitions)
 
 
 def create_app(config: Config) -> faust.App:
@@ -86,7 +98,7 @@ def create_app(config: Config) -> faust.App:
     async def lifecycle_agent(stream: Any) -> None:
         async for key, raw in stream.items():
             try:
-                command = decode_command(raw)
+                command = decode_command_of(raw, JobCommand)
                 if key != command.stream_id.encode():
                     raise DecodeError(f"key {key!r} differs from stream_id {command.stream_id!r}")
             except DecodeError as exc:
@@ -171,6 +183,7 @@ def create_app(config: Config) -> faust.App:
     async def heartbeats() -> None:
         await executor.heartbeat_forever()
 
+    register_works(app, config, lambda name: _raw(app, name, config.partitions), commands, events, jobs, dead_letters)
     app.skyjobs_executor = executor  # type: ignore[attr-defined]
     return app
 

@@ -16,10 +16,12 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from events.topics import FILE_EVENTS, JOB_EVENTS
+from events.topics import FILE_EVENTS, JOB_EVENTS, WORK_EVENTS
 from projections.runner import Projector
 from services import db
 from tests.conftest import Stack, eventually, wait_state
+
+COMPARED = (JOB_EVENTS, FILE_EVENTS, WORK_EVENTS)  # and their tables below
 
 
 async def _run(client: httpx.AsyncClient, command: str) -> str:
@@ -40,13 +42,14 @@ async def test_executor_killed_mid_job_reruns_it(stack: Stack, alice: httpx.Asyn
 
 
 async def _end_offsets(consumer: AIOKafkaConsumer) -> dict[tuple[str, int], int]:
-    tps = [TopicPartition(t, p) for t in (JOB_EVENTS, FILE_EVENTS) for p in consumer.partitions_for_topic(t) or ()]
+    tps = [TopicPartition(t, p) for t in COMPARED for p in consumer.partitions_for_topic(t) or ()]
     ends = await consumer.end_offsets(tps)
     return {(tp.topic, tp.partition): offset for tp, offset in ends.items() if offset > 0}
 
 
 async def _offsets(conn: asyncpg.Connection) -> dict[tuple[str, int], int]:
-    rows = await conn.fetch("SELECT topic, partition, next_offset FROM projector_offsets")
+    rows = await conn.fetch("SELECT topic, partition, next_offset FROM projector_offsets WHERE topic = ANY($1)",
+                            list(COMPARED))
     return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
 
 
@@ -77,7 +80,7 @@ async def test_projector_killed_mid_stream_ends_equal_to_an_uninterrupted_run(
     verify = await db.connect(verify_url)
     fresh = Projector(stack.infra.kafka_bootstrap, verify_url, group=f"verify-{verify_db}")
     task = asyncio.ensure_future(fresh.run())
-    log = AIOKafkaConsumer(JOB_EVENTS, FILE_EVENTS, bootstrap_servers=stack.infra.kafka_bootstrap)
+    log = AIOKafkaConsumer(*COMPARED, bootstrap_servers=stack.infra.kafka_bootstrap)
     await log.start()
     try:
         async def caught_up() -> bool:
@@ -85,7 +88,7 @@ async def test_projector_killed_mid_stream_ends_equal_to_an_uninterrupted_run(
             return await _offsets(main) == ends and await _offsets(verify) == ends
 
         await eventually(caught_up, timeout=120, interval=0.5, what="both projections at the end of the log")
-        for table, key in (("jobs", "job_id"), ("files", "file_id")):
+        for table, key in (("jobs", "job_id"), ("files", "file_id"), ("works", "work_id"), ("work_tasks", "task_id")):
             assert await _rows(main, table, key) == await _rows(verify, table, key), table
         assert len(await _rows(main, "jobs", "job_id")) >= 150
     finally:

@@ -1,0 +1,1 @@
+"""Pipelines (seed 002): the language (spec, expressions, transformations) and its executors."""

@@ -1,0 +1,1 @@
+"""Works and tasks (seed 003): recurring works, the scheduler and task history."""

@@ -1,0 +1,128 @@
+"""The event log put to work: entity history, log search, live SSE with resume, Prometheus metrics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+
+from tests.conftest import Stack, eventually, wait_state
+
+
+async def test_history_of_a_job_is_its_ordered_events(alice: httpx.AsyncClient, bob: httpx.AsyncClient) -> None:
+    job_id = (await alice.post("/api/job/run", json={"command": "echo audit"})).json()["job_id"]
+    await wait_state(alice, job_id, "succeeded")
+
+    async def full() -> dict[str, Any] | None:
+        response = await alice.get(f"/api/history/job/{job_id}")
+        body = response.json() if response.status_code == 200 else None
+        return body if body and body["events"][-1]["type"] == "job.succeeded.v1" else None
+
+    history = await eventually(full, timeout=30, what="the job's history up to succeeded")
+    types = [e["type"] for e in history["events"] if e["type"] != "job.heartbeat-recorded.v1"]
+    assert types == ["job.submitted.v1", "job.started.v1", "job.succeeded.v1"]
+    sequences = [e["sequence"] for e in history["events"]]
+    assert sequences == list(range(1, len(sequences) + 1))  # the whole stream, in order
+    first = history["events"][0]
+    assert first["actor"] == "alice" and first["data"]["command"] == "echo audit" and first["correlation_id"]
+    assert len({e["causation_id"] for e in history["events"]}) == len(sequences)
+    assert (await bob.get(f"/api/history/job/{job_id}")).status_code == 403
+    assert (await alice.get("/api/history/job/not-a-uuid")).status_code == 400
+    assert (await alice.get("/api/history/planet/x")).status_code == 400
+    search = (await alice.get("/api/history", params={"type": "job.succeeded.v1", "limit": 1000})).json()
+    assert any(e["stream_id"] == job_id for e in search["events"])
+    assert all(e["type"] == "job.succeeded.v1" for e in search["events"])
+    others = (await bob.get("/api/history", params={"kind": "job", "limit": 1000})).json()["events"]
+    assert all(e["stream_id"] != job_id for e in others)
+
+
+async def _events(response: httpx.Response) -> AsyncIterator[dict[str, str]]:
+    event: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if not line:
+            if "data" in event:
+                yield event
+            event = {}
+            continue
+        key, _, value = line.partition(": ")
+        if key in ("event", "id", "data"):
+            event[key] = value
+
+
+async def _collect(response: httpx.Response, count: int, stream_id: str | None = None) -> list[dict[str, str]]:
+    received: list[dict[str, str]] = []
+    async for event in _events(response):
+        if stream_id is None or orjson.loads(event["data"])["stream_id"] == stream_id:
+            received.append(event)
+            if len(received) >= count:
+                break
+    return received
+
+
+LIFECYCLE = "job.submitted.v1,job.started.v1,job.succeeded.v1"
+
+
+async def test_sse_streams_live_and_resumes_without_gaps(stack: Stack, alice: httpx.AsyncClient) -> None:
+    async with stack.client("alice") as client, client.stream(
+        "GET", "/api/stream", params={"type": LIFECYCLE}) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        job_id = (await alice.post("/api/job/run", json={"command": "echo live"})).json()["job_id"]
+        live = await asyncio.wait_for(_collect(response, 3, job_id), 30)
+    assert [e["event"] for e in live] == ["job.submitted.v1", "job.started.v1", "job.succeeded.v1"]
+    # resume after the first event: exactly the two that followed come, with the same ids
+    async with stack.client("alice") as client, client.stream(
+        "GET", "/api/stream", params={"type": LIFECYCLE, "id": job_id},
+        headers={"Last-Event-ID": live[0]["id"]}) as response:
+        resumed = await asyncio.wait_for(_collect(response, 2), 30)
+    assert [e["event"] for e in resumed] == ["job.started.v1", "job.succeeded.v1"]
+    assert [orjson.loads(e["data"])["stream_id"] for e in resumed] == [job_id, job_id]
+    async with stack.client("alice") as client:
+        bad = await client.get("/api/stream", headers={"Last-Event-ID": "garbage"})
+        assert bad.status_code == 400
+
+
+async def test_sse_users_only_see_their_own(stack: Stack, alice: httpx.AsyncClient, bob: httpx.AsyncClient) -> None:
+    async with stack.client("bob") as client, client.stream(
+        "GET", "/api/stream", params={"type": "job.submitted.v1"}) as response:
+        await alice.post("/api/job/run", json={"command": "true"})
+        bobs = (await bob.post("/api/job/run", json={"command": "true"})).json()["job_id"]
+        (first,) = await asyncio.wait_for(_collect(response, 1), 30)
+    assert orjson.loads(first["data"])["stream_id"] == bobs
+    assert (await bob.get("/api/stream", params={"user": "alice"})).status_code == 403
+
+
+async def test_metrics(admin: httpx.AsyncClient) -> None:
+    text = (await admin.get("/metrics")).text
+    for name in ("skyjobs_jobs{state=\"succeeded\"}", "skyjobs_queue_depth", "skyjobs_projection_lag_events",
+                 "skyjobs_job_latency_seconds", "skyjobs_projection_last_commit_age_seconds"):
+        assert name in text, name
+
+
+async def test_an_old_event_version_in_the_log_is_upcast_when_read(stack: Stack, alice: httpx.AsyncClient) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from events.base import new_id, utcnow
+    from events.topics import FILE_EVENTS
+
+    file_id = new_id()
+    old = {"type": "file.stored.v0", "event_id": new_id(), "stream_id": file_id, "sequence": 1,
+           "occurred_at": utcnow().isoformat(), "correlation_id": file_id, "owner": "alice", "bytes": 3,
+           "name": "legacy.txt"}
+    producer = AIOKafkaProducer(bootstrap_servers=stack.infra.kafka_bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(FILE_EVENTS, orjson.dumps(old), key=file_id.encode())
+    finally:
+        await producer.stop()
+
+    async def projected() -> dict[str, Any] | None:
+        response = await alice.get(f"/api/history/file/{file_id}")
+        return response.json() if response.status_code == 200 else None
+
+    history = await eventually(projected, timeout=30, what="the v0 event projected")
+    (event,) = history["events"]
+    assert event["type"] == "file.stored.v1" and event["data"]["owner"] == "alice"  # the log itself is unchanged
+    assert (await alice.get(f"/api/files/{file_id}")).status_code == 410  # known (upcast), bytes never stored

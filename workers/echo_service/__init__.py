@@ -1,0 +1,1 @@
+"""echo_service: answers its argument back, after an optional delay (benchmarks and tests)."""

@@ -1,6 +1,7 @@
 """``python -m infra install | up | down``: install and run the local Kafka + Postgres.
 
 install   fetch the Kafka jars; apt-get install java/maven/postgresql only when they are missing
+          (--flink: also Flink's jars for FLINK_JAR/FLINK_SQL works, else fetched on first use)
 up        run Kafka and Postgres in the foreground (data in --dir) until Ctrl-C / SIGTERM
 down      stop the servers an `up` (or anything else using the same --dir) left running
 """
@@ -43,7 +44,7 @@ def _apt_install(*packages: str) -> None:
     subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *packages], check=True, env=env)
 
 
-def install() -> None:
+def install(flink: bool = False) -> None:
     """Make sure java, mvn, the Postgres server binaries, Chromium and the Kafka jars are present."""
     packages = []
     if not shutil.which("java") and not os.environ.get("JAVA_HOME"):
@@ -67,6 +68,11 @@ def install() -> None:
     start = time.monotonic()
     libs = kafka_libs()
     print(f"kafka jars: {libs} ({time.monotonic() - start:.1f} s)")
+    if flink:
+        from infra.flink import flink_libs
+
+        start = time.monotonic()
+        print(f"flink jars: {flink_libs()} ({time.monotonic() - start:.1f} s)")
     print(f"postgres binaries: {pg_bin_dir()}")
 
 
@@ -111,7 +117,10 @@ def down(root: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m infra", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("install", help="fetch the Kafka jars, apt-get what is missing")
+    install_parser = sub.add_parser("install", help="fetch the Kafka jars, apt-get what is missing")
+    install_parser.add_argument(
+        "--flink", action="store_true", help="also fetch Flink's jars (about 190 MB; otherwise on first use)"
+    )
     up_parser = sub.add_parser("up", help="run Kafka + Postgres in the foreground")
     up_parser.add_argument("--kafka-port", type=int)
     up_parser.add_argument("--postgres-port", type=int)
@@ -120,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--dir", type=Path, default=DEFAULT_DIR, help=f"data dir (default {DEFAULT_DIR})")
     args = parser.parse_args(argv)
     if args.command == "install":
-        install()
+        install(flink=args.flink)
     elif args.command == "up":
         up(args.dir, args.kafka_port, args.postgres_port)
     else:

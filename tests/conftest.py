@@ -87,8 +87,8 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
         "SKYJOBS_LEASE_TIMEOUT": "4",
         "SKYJOBS_HEARTBEAT_INTERVAL": "0.5",
         "SKYJOBS_CANCEL_GRACE": "1",
-        "SKYJOBS_JOB_FILE_SIZE_BYTES": str(1024 * 1024),
-        "SKYJOBS_JOB_MEMORY_BYTES": str(512 * 1024 * 1024),
+        "SKYJOBS_JOB_FILE_SIZE_BYTES": str(64 * 1024 * 1024),  # Flink unpacks a 24 MB jar
+        "SKYJOBS_JOB_MEMORY_BYTES": str(2 * 1024**3),  # Flink's JVM needs 1.2 GiB of address space
         "SKYJOBS_KAFKA_TIMEOUT": "3",
         "SKYJOBS_LOG_LEVEL": os.environ.get("SKYJOBS_TEST_LOG_LEVEL", "WARNING"),
         # the task proxy: instances only on this machine, quick health checks, a small queue (429 test)

@@ -290,12 +290,12 @@ async def add_task(request: Request) -> Response:
         values = check(service.arguments, body["args"])
     except ArgumentError as exc:
         raise BadRequest(str(exc), argument=exc.name) from None
-    args = await _materialize(request, user, service, values)
     if not proxy.view.registry.healthy(service_id):
         with contextlib.suppress(TimeoutError):
             await proxy.view.catch_up(2.0)  # one may have come up a moment ago
         if not proxy.view.registry.healthy(service_id):
             raise Unavailable(f"no healthy instance of service {service_id} ({service.name})")
+    args = await _materialize(request, user, service, values)
 
     task_id = new_id()
     now = utcnow()

@@ -24,7 +24,8 @@ from pathlib import Path
 LOCAL_JVM_FLAGS = (
     "-Xms64m", "-Xmx384m", "-Xss512k", "-XX:MaxDirectMemorySize=256m", "-XX:MaxMetaspaceSize=256m",
     "-XX:CompressedClassSpaceSize=64m", "-XX:ReservedCodeCacheSize=64m", "-XX:+UseSerialGC",
-    "-XX:TieredStopAtLevel=1", "-XX:ActiveProcessorCount=1", "-Dorg.jline.terminal.dumb=true",
+    "-XX:TieredStopAtLevel=1", "-XX:ActiveProcessorCount=1", "-XX:+ExitOnOutOfMemoryError",
+    "-Dorg.jline.terminal.dumb=true",
 )  # fmt: skip
 # The client only (it submits to the cluster): bin/flink and bin/sql-client.sh add $JVM_ARGS to its JVM.
 CLIENT_JVM_FLAGS = (
@@ -35,6 +36,7 @@ CLIENT_JVM_FLAGS = (
 MALLOC_ENV = "MALLOC_ARENA_MAX=2"
 TMP_DIR = ".flink-tmp"  # in the working dir: blobs, the RPC system's jar, spill files, web uploads
 SQL_OUT = ".flink-sql.out"  # the SQL client's stdout, read back for its [ERROR] lines
+SQL_HISTORY = ".flink-sql-history"
 CLI_FRONTEND = "org.apache.flink.client.cli.CliFrontend"
 SQL_CLIENT = "org.apache.flink.table.client.SqlClient"
 
@@ -46,7 +48,7 @@ def flink_jar_command(
 
     Without main_class Flink takes the jar manifest's ``Main-Class``.
     """
-    args = ["run", *(["-c", main_class] if main_class else []), jar, *extra_params]
+    args = [shlex.quote(a) for a in ["run", *(["-c", main_class] if main_class else []), jar, *extra_params]]
     if flink_home:
         return _distribution(flink_home, "flink", args)
     return _local(_need(libs), CLI_FRONTEND, args)
@@ -61,20 +63,25 @@ def flink_sql_command(sql_file: str, flink_home: str | None, libs: Path | None) 
     ``SET 'sql-client.execution.result-mode' = 'tableau';``); the local conf also makes an INSERT wait for
     its job (``table.dml-sync``), as the MiniCluster ends with the client.
     """
+    # The client writes a history file even then: here, not in ~ (user.home may be unwritable for the job).
+    args = ["-f", shlex.quote(sql_file), "-hist", f'"$PWD"/{SQL_HISTORY}']
     if flink_home:
-        client = _distribution(flink_home, "sql-client.sh", ["-f", sql_file])
+        client = _distribution(flink_home, "sql-client.sh", args)
     else:
-        client = _local(_need(libs), SQL_CLIENT, ["-f", sql_file])
+        client = _local(_need(libs), SQL_CLIENT, args)
     # An error line is the client's prompt and/or an ANSI colour code, then [ERROR]; table rows start with
     # "|" or "+" and the print connector's rows with "+I[", "-U[", ...
     check = f"grep -Eq '^(Flink SQL> )?[^|+]{{0,12}}\\[ERROR\\]' {SQL_OUT}"
     return f"{client} > {SQL_OUT}; rc=$?; cat {SQL_OUT}; if [ $rc -eq 0 ] && {check}; then rc=1; fi; exit $rc"
 
 
+# The helpers below take args already quoted for the shell.
+
+
 def _distribution(flink_home: str, script: str, args: list[str]) -> str:
     jvm_args = shlex.quote(" ".join(CLIENT_JVM_FLAGS))
     executable = shlex.quote(str(Path(flink_home) / "bin" / script))
-    return " ".join([f"JVM_ARGS={jvm_args}", MALLOC_ENV, executable, *map(shlex.quote, args)])
+    return " ".join([f"JVM_ARGS={jvm_args}", MALLOC_ENV, executable, *args])
 
 
 def _local(libs: Path, main: str, args: list[str]) -> str:
@@ -90,7 +97,7 @@ def _local(libs: Path, main: str, args: list[str]) -> str:
         shlex.quote(f"-Dlog4j.configurationFile={conf / 'log4j2.properties'}"),
         "-cp", shlex.quote(f"{libs}/*"),
         main,
-        *map(shlex.quote, args),
+        *args,
     ]  # fmt: skip
     return " ".join([f"mkdir -p {TMP_DIR} &&", *env, *java])
 

@@ -161,10 +161,10 @@ async def test_list_jobs_newest_first_with_filters_and_cursor(stack: object) -> 
 
 
 async def test_resource_limits_stop_the_job(alice: httpx.AsyncClient) -> None:
-    big_file = await run(alice, "head -c 3000000 /dev/zero > big")
+    big_file = await run(alice, "head -c 80000000 /dev/zero > big")  # over the tests' 64 MiB limit
     info = await wait_state(alice, big_file, "failed")
     assert "file size limit" in info["error"], info
-    memory = await run(alice, "python3 -c 'x = bytearray(900 * 1024 * 1024)'")
+    memory = await run(alice, "python3 -c 'x = bytearray(3 * 1024 ** 3)'")  # over the 2 GiB address space
     info = await wait_state(alice, memory, "failed")
     assert info["exit_code"] != 0
 

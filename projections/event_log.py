@@ -38,7 +38,7 @@ def owner_of(event: Any) -> str | None:
 _INSERT = """
 INSERT INTO event_log (topic, partition, "offset", kind, stream_id, type, sequence, occurred_at, actor, owner,
                        event_id, correlation_id, causation_id, data)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::text::jsonb)
 ON CONFLICT DO NOTHING
 """
 
@@ -61,7 +61,7 @@ async def write(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, log
     for item in logged:
         e = item.event
         tag = e.__struct_config__.tag
-        data = orjson.loads(item.raw) if item.raw else msgspec.to_builtins(e)
+        data = item.raw.decode() if item.raw else orjson.dumps(msgspec.to_builtins(e)).decode()  # JSON text as is
         records.append((item.topic, item.partition, item.offset, tag.split(".", 1)[0], e.stream_id, tag,
                         e.sequence, e.occurred_at, e.actor, owners.get(e.stream_id) or owner_of(e), e.event_id,
                         e.correlation_id, e.causation_id, data))

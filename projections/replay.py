@@ -80,12 +80,15 @@ async def replay(bootstrap: str, database_url: str, names: tuple[str, ...], keep
     search_path = f'"{schema}", public'
 
     def projector(**kwargs: object) -> Projector:
+        # Big batches, and no waiting for the WAL flush at each commit: a rebuild that dies is
+        # simply started again, and the swap itself is a normal durable commit.
         return Projector(bootstrap, database_url, group=f"skyjobs-{schema}", projections=chosen,
-                         log_events=log_events, search_path=search_path, **kwargs)  # type: ignore[arg-type]
+                         log_events=log_events, search_path=search_path,
+                         settings={"synchronous_commit": "off"}, **kwargs)  # type: ignore[arg-type]
 
     # 1. the bulk of the log, while everything else carries on
     goal = await _end_offsets(bootstrap, topics)
-    task = asyncio.ensure_future(projector().run())
+    task = asyncio.ensure_future(projector(batch_size=10_000).run())
     try:
         while _behind(await _offsets(conn, schema, topics), goal):
             if task.done():

@@ -40,7 +40,7 @@ class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
 class Projector:
     def __init__(self, bootstrap: str, database_url: str, batch_size: int = 2000, group: str = GROUP,
                  projections: tuple[ModuleType, ...] = PROJECTIONS, log_events: bool = True,
-                 search_path: str | None = None) -> None:
+                 search_path: str | None = None, settings: dict[str, str] | None = None) -> None:
         self.bootstrap = bootstrap
         self.group = group
         self.database_url = database_url
@@ -48,6 +48,7 @@ class Projector:
         self.projections = projections
         self.log_events = log_events
         self.search_path = search_path
+        self.settings = settings
         self.by_topic = {p.TOPIC: p for p in projections}
         if log_events:  # the event log holds every event topic
             self.by_topic |= {p.TOPIC: p for p in PROJECTIONS}
@@ -66,7 +67,8 @@ class Projector:
                 self.consumer.seek(tp, offset)
 
     async def run(self) -> None:
-        self.pool = await db.create_pool(self.database_url, min_size=1, max_size=2, search_path=self.search_path)
+        self.pool = await db.create_pool(self.database_url, min_size=1, max_size=2, search_path=self.search_path,
+                                         settings=self.settings)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group,
@@ -74,6 +76,7 @@ class Projector:
             auto_offset_reset="earliest",
             max_poll_records=self.batch_size,
             fetch_max_wait_ms=50,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
         )
         self.consumer.subscribe(list(self.by_topic), listener=_SeekToStored(self))
         await self.consumer.start()

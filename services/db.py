@@ -34,9 +34,10 @@ async def connect(url: str, timeout: float = 60) -> asyncpg.Connection:
             await asyncio.sleep(0.3)
 
 
-async def create_pool(url: str, min_size: int = 2, max_size: int = 10, search_path: str | None = None) -> asyncpg.Pool:
+async def create_pool(url: str, min_size: int = 2, max_size: int = 10, search_path: str | None = None,
+                      settings: dict[str, str] | None = None) -> asyncpg.Pool:
     await (await connect(url)).close()  # waits until Postgres answers
-    settings = {"search_path": search_path} if search_path else None
+    settings = {**(settings or {}), **({"search_path": search_path} if search_path else {})} or None
     pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection,
                                      server_settings=settings)
     assert pool is not None

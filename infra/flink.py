@@ -15,10 +15,9 @@ import hashlib
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
-from infra.local import DEPENDENCY_PLUGIN, INFRA_DIR, STATE_DIR, _file_lock, read_text
+from infra.local import INFRA_DIR, STATE_DIR, maven_libs
 
 FLINK_POM = INFRA_DIR / "flink" / "pom.xml"
 FLINK_LOG4J = INFRA_DIR / "flink" / "log4j2.properties"
@@ -78,33 +77,19 @@ def flink_libs(cache_dir: Path | None = None) -> Path:
     ``conf/config.yaml``, ``conf/log4j2.properties`` and ``conf/jvm.args``.
     """
     libs = Path(cache_dir) if cache_dir else STATE_DIR / f"flink-libs-{FLINK_VERSION}"
-    marker = libs / ".complete"
     stamp = hashlib.sha256(
         FLINK_POM.read_bytes() + FLINK_LOG4J.read_bytes() + CONFIG_YAML.encode() + JVM_ARGS.encode()
     ).hexdigest()
-    if read_text(marker) == stamp:
-        return libs
-    libs.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(libs.parent / f".{libs.name}.lock"):
-        if read_text(marker) == stamp:  # another process finished while we waited
-            return libs
-        mvn = shutil.which("mvn")
-        if mvn is None:
-            raise RuntimeError("mvn not found: run `python -m infra install`")
-        shutil.rmtree(libs, ignore_errors=True)
-        cmd = [mvn, "-B", "-q", "-f", str(FLINK_POM), DEPENDENCY_PLUGIN,
-               "-DincludeScope=runtime", f"-DoutputDirectory={libs}"]  # fmt: skip
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"fetching Flink jars failed:\n{result.stdout}\n{result.stderr}")
-        conf = libs / "conf"
-        conf.mkdir()
-        (conf / "config.yaml").write_text(CONFIG_YAML)
-        (conf / "jvm.args").write_text(JVM_ARGS)
-        shutil.copyfile(FLINK_LOG4J, conf / "log4j2.properties")
-        _make_readable(libs)
-        marker.write_text(stamp)
-    return libs
+    return maven_libs(FLINK_POM, libs, stamp, "Flink", finish=_add_conf)
+
+
+def _add_conf(libs: Path) -> None:
+    conf = libs / "conf"
+    conf.mkdir()
+    (conf / "config.yaml").write_text(CONFIG_YAML)
+    (conf / "jvm.args").write_text(JVM_ARGS)
+    shutil.copyfile(FLINK_LOG4J, conf / "log4j2.properties")
+    _make_readable(libs)
 
 
 def _make_readable(root: Path) -> None:

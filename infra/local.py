@@ -40,13 +40,19 @@ T = TypeVar("T")
 
 
 def kafka_libs(cache_dir: Path | None = None) -> Path:
-    """Ensure the broker jars are present and return the libs dir (``.skyjobs/kafka-libs-<version>``).
-
-    The marker file holds a hash of the pom, so a half-copied dir or an edited pom triggers a new copy.
-    """
+    """Ensure the broker jars are present and return the libs dir (``.skyjobs/kafka-libs-<version>``)."""
     libs = Path(cache_dir) if cache_dir else STATE_DIR / f"kafka-libs-{KAFKA_VERSION}"
+    return maven_libs(KAFKA_POM, libs, hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest(), "Kafka")
+
+
+def maven_libs(pom: Path, libs: Path, stamp: str, what: str, finish: Callable[[Path], None] | None = None) -> Path:
+    """The runtime jars of `pom` copied into `libs` by Maven (its ~/.m2 cache makes repeats cheap).
+
+    Idempotent and safe from several processes at once (a file lock); the marker file holds `stamp`
+    (a hash of everything that went in), so a half-copied dir or an edited pom triggers a new copy.
+    `finish(libs)` adds what else belongs in the dir before it is marked complete.
+    """
     marker = libs / ".complete"
-    stamp = hashlib.sha256(KAFKA_POM.read_bytes()).hexdigest()
     if read_text(marker) == stamp:
         return libs
     libs.parent.mkdir(parents=True, exist_ok=True)
@@ -57,11 +63,13 @@ def kafka_libs(cache_dir: Path | None = None) -> Path:
         if mvn is None:
             raise RuntimeError("mvn not found: run `python -m infra install`")
         shutil.rmtree(libs, ignore_errors=True)
-        cmd = [mvn, "-B", "-q", "-f", str(KAFKA_POM), DEPENDENCY_PLUGIN,
+        cmd = [mvn, "-B", "-q", "-f", str(pom), DEPENDENCY_PLUGIN,
                "-DincludeScope=runtime", f"-DoutputDirectory={libs}"]  # fmt: skip
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
-            raise RuntimeError(f"fetching Kafka jars failed:\n{result.stdout}\n{result.stderr}")
+            raise RuntimeError(f"fetching {what} jars failed:\n{result.stdout}\n{result.stderr}")
+        if finish is not None:
+            finish(libs)
         marker.write_text(stamp)
     return libs
 

@@ -38,9 +38,11 @@ def run_api(config: Config) -> None:
 
 def run_worker(config: Config) -> None:
     import faust
+    import mode.loop
 
     from services.jobs.worker import create_app
 
+    mode.loop.use("uvloop")  # libuv reaps the jobs' processes without a thread per child
     asyncio.run(setup(config))
     app = create_app(config)
     worker = faust.Worker(app, loglevel=os.environ.get("SKYJOBS_LOG_LEVEL", "INFO"), quiet=True,

@@ -43,8 +43,8 @@ class Running:
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-def _limits_preexec(limits: JobLimits) -> Callable[[], None]:
-    """Runs in the child between fork and exec (after the uid change): limits and parent-death signal."""
+def _limits_preexec(limits: JobLimits, user: pwd.struct_passwd | None) -> Callable[[], None]:
+    """Runs in the child between fork and exec: the job's user, parent-death signal and limits."""
     libc = ctypes.CDLL(None, use_errno=True)
     pairs = [
         (resource.RLIMIT_CPU, limits.cpu_seconds),
@@ -54,6 +54,10 @@ def _limits_preexec(limits: JobLimits) -> Callable[[], None]:
     ]
 
     def preexec() -> None:
+        if user is not None:  # drop root first: a change of user clears the parent-death signal
+            os.setgroups([])
+            os.setgid(user.pw_gid)
+            os.setuid(user.pw_uid)
         # If the executor dies (kill -9), its jobs die with it instead of running on unobserved;
         # the lease keeper then re-runs or fails them.
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -76,10 +80,10 @@ class Executor:
         self.publish_file = publish_file
         self.executor_id = config.worker_id
         self.running: dict[str, Running] = {}
-        self._preexec = _limits_preexec(config.job_limits)
         self._user: pwd.struct_passwd | None = None
         if os.geteuid() == 0:
             self._user = pwd.getpwnam(config.job_user)
+        self._preexec = _limits_preexec(config.job_limits, self._user)
         config.work_dir.mkdir(parents=True, exist_ok=True)
         self._out_dir = config.work_dir / ".out"
         self._out_dir.mkdir(exist_ok=True)
@@ -115,9 +119,6 @@ class Executor:
                         "/bin/sh", "-c", job.command,
                         cwd=workspace, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
                         start_new_session=True, preexec_fn=self._preexec, env=self._env(job, workspace),
-                        user=self._user.pw_uid if self._user else None,
-                        group=self._user.pw_gid if self._user else None,
-                        extra_groups=[] if self._user else None,
                     )
                 returncode = await entry.process.wait()
                 exit_code, error = _describe_exit(returncode, entry.stop_reason, self.config.job_limits)

@@ -181,13 +181,18 @@ def _git(*args: str) -> str:
     return done.stdout.strip() if done.returncode == 0 else "?"
 
 
+def _modified() -> int | None:
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status == "?" else len(status.splitlines())
+
+
 def conditions() -> dict[str, Any]:
     with open("/proc/meminfo") as f:
         mem_kb = int(f.readline().split()[1])
     return {
         "source": os.environ.get("BENCH_SOURCE", ""),  # e.g. "snapshot of <commit>" when run from a copy
         "git_head": _git("rev-parse", "--short", "HEAD"),
-        "git_modified_files": len(_git("status", "--porcelain", "--untracked-files=no").splitlines()),
+        "git_modified_files": _modified(),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cpus": os.cpu_count(),
         "mem_gib": round(mem_kb / 1024**2, 1),

@@ -109,7 +109,11 @@ async def test_local_kafka_and_postgres_keep_data_across_restart(tmp_path: Path,
         )
         await consumer.start()
         try:
-            assert await consumer.committed(tp) == 1  # consumer offsets survived too
+            # Consumer offsets survived too (the coordinator loads them shortly after the restart).
+            deadline = asyncio.get_running_loop().time() + 30
+            while (committed := await consumer.committed(tp)) != 1 and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.2)
+            assert committed == 1
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
             record = await asyncio.wait_for(consumer.getone(), 30)

@@ -134,6 +134,11 @@ class EventTail:
                 log.exception("event tail: fetch failed; retrying")
                 await asyncio.sleep(1)
                 continue
+            if not self.subscribers:  # nobody listens: only keep the position (owners come from the database)
+                for tp, records in batch.items():
+                    if records:
+                        self.positions[(tp.topic, tp.partition)] = records[-1].offset + 1
+                continue
             items = await self.items(batch)
             for item in items:
                 self.positions[item.tp] = item.offset + 1

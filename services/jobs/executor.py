@@ -16,7 +16,7 @@ import resource
 import shutil
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from events.base import Command, new_id, utcnow
@@ -40,7 +40,6 @@ class Running:
     process: asyncio.subprocess.Process | None = None
     stop_reason: str | None = None
     killer: asyncio.TimerHandle | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 def _limits_preexec(limits: JobLimits, user: pwd.struct_passwd | None) -> Callable[[], None]:
@@ -99,7 +98,6 @@ class Executor:
             )
             await self._execute(entry)
         finally:
-            entry.done.set()
             if entry.killer:
                 entry.killer.cancel()
             self.running.pop(job.job_id, None)
@@ -194,10 +192,6 @@ class Executor:
                         Heartbeat(command_id=new_id(), stream_id=job.job_id, issued_at=utcnow(),
                                   executor_id=self.executor_id, attempt=job.attempt)
                     )
-
-    async def stop_all(self, reason: str) -> None:
-        for job_id in list(self.running):
-            self.stop(job_id, reason)
 
 
 class _MissingInput(RuntimeError):

@@ -184,7 +184,6 @@ def create_app(config: Config) -> faust.App:
         await executor.heartbeat_forever()
 
     register_works(app, config, lambda name: _raw(app, name, config.partitions), commands, events, jobs, dead_letters)
-    app.skyjobs_executor = executor  # type: ignore[attr-defined]
     return app
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 
 import httpx
@@ -67,10 +68,7 @@ async def test_cancel_queued_job_never_runs(alice: httpx.AsyncClient, stack: obj
     await alice.post("/api/job/cancel", json={"job_id": job_id})
     info = await wait_state(alice, job_id, "cancelled")
     assert info["exit_code"] in (None, 143, 137)
-    await asyncio.sleep(0)  # the file check below is immediate: cancel kills before the sleep ends
-    import os
-
-    assert not os.path.exists(marker)
+    assert not os.path.exists(marker)  # cancelled before `sleep 2` ended: the touch never ran
 
 
 async def test_ttl_expires_a_running_job(alice: httpx.AsyncClient) -> None:
@@ -132,7 +130,6 @@ async def test_list_jobs_newest_first_with_filters_and_cursor(stack: object) -> 
     from tests.conftest import Stack
 
     assert isinstance(stack, Stack)
-    user = f"lister-{uuid.uuid4().hex[:8]}"
     async with stack.client("admin") as admin:
         # The admin submits jobs and finds them by state and time; pagination walks them all.
         ids = [await run(admin, "true") for _ in range(5)]
@@ -156,8 +153,7 @@ async def test_list_jobs_newest_first_with_filters_and_cursor(stack: object) -> 
         info = (await admin.get(f"/api/job/job_info/{ids[2]}")).json()
         since = (await admin.get("/api/list_jobs", params={"since": info["submitted_at"], "user_id": "admin",
                                                            "limit": 1000})).json()["job_ids"]
-        assert ids[2] in since and ids[0] not in since or info["submitted_at"] == since
-        assert user  # unique-ids habit: nothing here depends on other tests' jobs
+        assert ids[2] in since and ids[0] not in since
 
 
 async def test_resource_limits_stop_the_job(alice: httpx.AsyncClient) -> None:
@@ -170,8 +166,6 @@ async def test_resource_limits_stop_the_job(alice: httpx.AsyncClient) -> None:
 
 
 async def test_jobs_run_as_an_unprivileged_user(alice: httpx.AsyncClient) -> None:
-    import os
-
     job_id = await run(alice, "id -u")
     info = await wait_state(alice, job_id, "succeeded")
     uid = (await alice.get(f"/api/files/{info['answer_id']}")).text.strip()

@@ -1,4 +1,4 @@
-"""`skyjobs dev | setup | api | worker | projector | router`: the entry points of every process."""
+"""`skyjobs dev | setup | api | worker | projector | router | pipelines`: the entry points of every process."""
 
 from __future__ import annotations
 
@@ -59,6 +59,21 @@ def run_router(config: Config) -> None:
 
     mode.loop.use("uvloop")  # measured: the asyncio loop doubled the router's time per task
 
+    asyncio.run(setup(config))
+    app = create_app(config)
+    worker = faust.Worker(app, loglevel=os.environ.get("SKYJOBS_LOG_LEVEL", "INFO"), quiet=True,
+                          override_logging=False)
+    worker.execute_from_commandline()
+
+
+def run_pipelines(config: Config) -> None:
+    """The pipeline workers (seed 002): tokens, joiners, the spec agent."""
+    import faust
+    import mode.loop
+
+    from services.pipelines.agents import create_app
+
+    mode.loop.use("uvloop")
     asyncio.run(setup(config))
     app = create_app(config)
     worker = faust.Worker(app, loglevel=os.environ.get("SKYJOBS_LOG_LEVEL", "INFO"), quiet=True,
@@ -131,7 +146,7 @@ async def dev(config: Config) -> None:
         child_config = from_env({**os.environ, **env})
         await setup(child_config)
         python = sys.executable
-        for name in ("projector", "worker", "router", "api"):
+        for name in ("projector", "worker", "router", "pipelines", "api"):
             await supervisor.start(name, [python, "-m", "services.cli", name], env)
         url = f"http://{config.host}:{config.port}"
         supervisor.echo("skyjobs", f"API on {url}  (token in {token_file})")
@@ -155,7 +170,8 @@ async def dev(config: Config) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="skyjobs", description=__doc__)
-    parser.add_argument("command", choices=["dev", "setup", "api", "worker", "projector", "router", "replay"])
+    parser.add_argument("command", choices=["dev", "setup", "api", "worker", "projector", "router", "pipelines",
+                                            "replay"])
     parser.add_argument("--projection", action="append", help="replay: a projection to rebuild (repeatable)")
     parser.add_argument("--all", action="store_true", help="replay: rebuild every projection")
     parser.add_argument("--keep-old", action="store_true", help="replay: keep the replaced tables in a schema")
@@ -178,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         run_replay(config, args.projection or [], args.all, args.keep_old)
     elif args.command == "router":
         run_router(config)
+    elif args.command == "pipelines":
+        run_pipelines(config)
 
 
 if __name__ == "__main__":

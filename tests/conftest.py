@@ -98,6 +98,9 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
         "SKYJOBS_PROXY_NO_INSTANCE_WAIT": "2",
         "SKYJOBS_PROXY_CALL_TIMEOUT": "10",
         "SKYJOBS_PROXY_QUEUE": "40",
+        # pipelines: steps may call local test services; a short run timeout for the fault tests
+        "SKYJOBS_PIPELINE_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SKYJOBS_PIPELINE_RUN_TIMEOUT": "60",
     }
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "stack.log", "w")  # noqa: SIM115
@@ -107,7 +110,7 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
         setup = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", "setup",
                                                      env={**os.environ, **env})
         assert await setup.wait() == 0, "skyjobs setup failed"
-        for name in ("projector", "worker", "router", "api"):
+        for name in ("projector", "worker", "router", "pipelines", "api"):
             await stack.start(name)
 
         async def healthy() -> bool:

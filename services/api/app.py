@@ -78,7 +78,8 @@ def create_app(config: Config) -> Starlette:
         await app.state.watch.start()
         app.state.bus = CommandBus(config.kafka_bootstrap, config.kafka_timeout)
         await app.state.bus.start()
-        app.state.proxy = await proxy.start(config)
+        app.state.pipelines = pipelines.create_state(config)
+        app.state.proxy = await proxy.start(config, app.state.pipelines.watch.handlers())
         app.state.tail = stream.EventTail(config.kafka_bootstrap, tuple(p.TOPIC for p in PROJECTIONS), app.state.pool)
         await app.state.tail.start()
         try:

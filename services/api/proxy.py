@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -75,8 +76,9 @@ class ProxyState:
     bus: CommandBus  # tasks only: no linger (the job API's bus waits 1 ms to batch; add_task is latency-bound)
 
 
-async def start(config: Config) -> ProxyState:
-    state = ProxyState(RegistryView(config.kafka_bootstrap), TaskWatch(config.kafka_bootstrap), InstanceClient(),
+async def start(config: Config, also: dict[str, tuple[Callable[[bytes], None], bool]] | None = None) -> ProxyState:
+    """`also`: more topics for the API's one Kafka tail (services/api/task_watch.py)."""
+    state = ProxyState(RegistryView(config.kafka_bootstrap), TaskWatch(config.kafka_bootstrap, also), InstanceClient(),
                        CommandBus(config.kafka_bootstrap, config.kafka_timeout, linger_ms=0))
     await state.view.start()
     await state.tasks.start()

@@ -10,6 +10,10 @@ That gives it three things without asking Postgres:
 - the endings of recent tasks, so task_info right after an answer never shows "pending".
 
 Counts start at zero when the process starts: tasks submitted before it are not counted.
+
+The same consumer tails the topics other areas give it (`also`: topic -> handler of each record,
+read from the start or from the end), so the API keeps one Kafka tail for all of them: the pipelines
+use it for their runs' ends and their specs (services/api/pipeline_watch.py).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import asyncio
 import logging
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 
 import msgspec
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from events.codec import DecodeError, decode_event
@@ -45,9 +50,15 @@ class _Peek(msgspec.Struct):
 _peek = msgspec.json.Decoder(_Peek)
 
 
+Handler = Callable[[bytes], None]
+
+
 class TaskWatch:
-    def __init__(self, bootstrap: str) -> None:
+    def __init__(self, bootstrap: str, also: dict[str, tuple[Handler, bool]] | None = None) -> None:
         self.bootstrap = bootstrap
+        self.also = also or {}  # topic -> (handler, read from the beginning)
+        self.caught_up = asyncio.Event()  # the topics read from the beginning are read up to their end at start
+        self._catch_up: dict[TopicPartition, int] = {}
         self.waiters: dict[str, asyncio.Future[Ending]] = {}
         self.pending: dict[str, int] = {}  # task id -> service id: submitted, not ended
         self.outstanding: Counter[int] = Counter()
@@ -63,11 +74,18 @@ class TaskWatch:
                                         fetch_max_wait_ms=100, max_partition_fetch_bytes=4 * 1024 * 1024)
             try:
                 await consumer.start()
-                tps = await all_partitions(consumer, TASK_EVENTS, deadline)
+                tps = await all_partitions(consumer, [TASK_EVENTS, *self.also], deadline)
                 # Explicit offsets, not seek_to_end (resolved lazily at the first fetch): every task
                 # this process submits from now on is after them.
                 for tp, end in (await consumer.end_offsets(tps)).items():
-                    consumer.seek(tp, end)
+                    if tp.topic in self.also and self.also[tp.topic][1]:
+                        consumer.seek(tp, 0)
+                        if end > 0:
+                            self._catch_up[tp] = end
+                    else:
+                        consumer.seek(tp, end)
+                if not self._catch_up:
+                    self.caught_up.set()
                 break
             except KafkaError:
                 await consumer.stop()
@@ -138,9 +156,17 @@ class TaskWatch:
                 log.warning("task watch: %r; retrying", exc)
                 await asyncio.sleep(1)
                 continue
-            for records in batch.values():
+            for tp, records in batch.items():
+                handler = self._on_record if tp.topic == TASK_EVENTS else self.also[tp.topic][0]
                 for record in records:
-                    self._on_record(record.value)
+                    try:
+                        handler(record.value)
+                    except Exception:  # one bad record must not stop the tail
+                        log.exception("task watch: a record of %s could not be handled", tp.topic)
+                if records and tp in self._catch_up and records[-1].offset + 1 >= self._catch_up[tp]:
+                    del self._catch_up[tp]
+                    if not self._catch_up:
+                        self.caught_up.set()
 
     def _on_record(self, raw: bytes) -> None:
         try:

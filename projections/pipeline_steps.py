@@ -16,7 +16,7 @@ from events.topics import PIPELINE_STEPS
 NAME = "pipeline_steps"
 TOPIC = PIPELINE_STEPS
 
-_FIELDS = ("token_id element method url retry status duration_ms output_name size content_type error requested_at "
+_FIELDS = ("token_id element worker method url retry status duration_ms output_name size content_type error requested_at "
            "responded_at").split()
 _UPSERT = f"""
 INSERT INTO pipeline_steps AS s (run_id, step, {", ".join(_FIELDS)})
@@ -31,7 +31,7 @@ def apply(row: dict[str, Any], event: StepEvent) -> dict[str, Any]:
     row = {**row, "token_id": event.token_id, "element": event.element}
     if isinstance(event, StepRequested):
         row.update(method=event.method, url=event.url, retry=max(row.get("retry") or 0, event.retry),
-                   requested_at=event.occurred_at)
+                   requested_at=event.occurred_at, worker=event.actor)
     elif isinstance(event, StepResponded):
         row.update(status=event.status, duration_ms=event.duration_ms, output_name=event.output_name,
                    size=event.size, content_type=event.content_type, error=event.error,

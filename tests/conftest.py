@@ -101,6 +101,7 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
         # pipelines: steps may call local test services; a short run timeout for the fault tests
         "SKYJOBS_PIPELINE_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "SKYJOBS_PIPELINE_RUN_TIMEOUT": "60",
+        "SKYJOBS_PIPELINE_MAX_FANOUT": "20",  # as the conformance cases expect
     }
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "stack.log", "w")  # noqa: SIM115

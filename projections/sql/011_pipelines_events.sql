@@ -44,6 +44,7 @@ CREATE TABLE pipeline_steps (
     method       text,
     url          text,
     retry        int         NOT NULL DEFAULT 0,
+    worker       text,                  -- the worker that sent it (the latest, when it was sent again)
     status       int,
     duration_ms  double precision,
     output_name  text,

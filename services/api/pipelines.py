@@ -304,7 +304,7 @@ def _run_view(row: Any, steps: list[Any]) -> dict[str, Any]:
         "steps": [{"path": s["element"], "method": s["method"], "url": s["url"], "status": s["status"],
                    "started_at": _ts(s["requested_at"]), "duration_ms": s["duration_ms"],
                    "output_name": s["output_name"], "error": s["error"], "retry": s["retry"],
-                   "token_id": s["token_id"]} for s in steps],
+                   "token_id": s["token_id"], "worker": s["worker"]} for s in steps],
     }
 
 

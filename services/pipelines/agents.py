@@ -148,7 +148,8 @@ class Worker:
         self.config = config
         self.settings = settings
         self.partitions = config.partitions
-        self.executor = Executor(HttpTransport(), settings, ACTOR)
+        self.actor = f"{ACTOR}:{config.worker_id}"  # which worker wrote an event (the run record shows it)
+        self.executor = Executor(HttpTransport(), settings, self.actor)
         self.runs = Runs()
         self.bodies = Bodies(LocalBlobStore(config.blob_dir), settings.inline_limit, self._publish_file)
         self.producer: AIOKafkaProducer | None = None
@@ -223,7 +224,7 @@ class Worker:
     def meta(self, run: Run, causation: str | None = None) -> dict[str, Any]:
         return {"event_id": new_id(), "stream_id": run.run_id, "sequence": run.next_sequence(),
                 "occurred_at": utcnow(), "correlation_id": run.correlation_id, "causation_id": causation,
-                "actor": ACTOR}
+                "actor": self.actor}
 
     async def on_token(self, command: ContinueRun, partition: int, journal_table: Any) -> None:
         w = command.token
@@ -319,7 +320,7 @@ class Worker:
                 **self.meta(run), token_id=joined.token_id, point=arrive.point, kind=arrive.kind,
                 parts=len(arrivals), messages=sum(1 for a in arrivals if a.message is not None)))),
             await self.send(PIPELINE_WORK, key, encode(ContinueRun(
-                command_id=new_id(), stream_id=run_id, issued_at=utcnow(), actor=ACTOR,
+                command_id=new_id(), stream_id=run_id, issued_at=utcnow(), actor=self.actor,
                 correlation_id=run.correlation_id, token=wire))),
         ]
         for delivery in deliveries:
@@ -341,7 +342,7 @@ class Worker:
         output = await self.bodies.to_wire(result, owner, f"pipeline-run-{run_id}")
         error = result.error_message()[:1000] if result.status >= 400 else None
         return RunEnded(event_id=new_id(), stream_id=run_id, sequence=sequence, occurred_at=utcnow(),
-                        correlation_id=correlation_id, actor=ACTOR, state=state_label(result.status),
+                        correlation_id=correlation_id, actor=self.actor, state=state_label(result.status),
                         status=result.status, output=output, error=error)
 
     async def _expire(self, arrive: Arrive, joins: Any, state: dict[str, Any] | None) -> None:
@@ -380,7 +381,7 @@ class Worker:
             self.swept[key] = now
             run_id, point = key.split("|", 1)
             await self.send(PIPELINE_PARTS, run_id, encode(Arrive(
-                command_id=new_id(), stream_id=run_id, issued_at=utcnow(), actor=ACTOR, point=point,
+                command_id=new_id(), stream_id=run_id, issued_at=utcnow(), actor=self.actor, point=point,
                 kind=str(state.get("kind", END)), level=int(state.get("level", 0)), outcome="expired")))
         for key, at in list(self.swept.items()):
             if at < now - 300:
@@ -413,7 +414,7 @@ class KafkaSink:
         for t in sent:
             wire = await self.worker.wire(run, t)
             await self._send(PIPELINE_WORK, token_key(run.run_id, t, run.route), encode(ContinueRun(
-                command_id=new_id(), stream_id=run.run_id, issued_at=utcnow(), actor=ACTOR,
+                command_id=new_id(), stream_id=run.run_id, issued_at=utcnow(), actor=self.worker.actor,
                 correlation_id=run.correlation_id, token=wire)))
 
     async def arrived(self, run: Run, arrival: Arrival) -> None:
@@ -423,7 +424,7 @@ class KafkaSink:
         wire = await self.worker.wire(run, carried)
         outcome = "message" if arrival.message is not None else ("share" if arrival.passes else "notice")
         await self._send(PIPELINE_PARTS, run.run_id, encode(Arrive(
-            command_id=new_id(), stream_id=run.run_id, issued_at=utcnow(), actor=ACTOR,
+            command_id=new_id(), stream_id=run.run_id, issued_at=utcnow(), actor=self.worker.actor,
             correlation_id=run.correlation_id, point=arrival.point, kind=arrival.kind, level=arrival.level,
             outcome=outcome, token=wire)))
 
@@ -432,7 +433,7 @@ class KafkaSink:
         wire = await self.worker.wire(run, Token(t.token_id, t.frames[:1], Message(), {}, 0, True, t.order))
         failure = await self.worker.bodies.to_wire(failed.message, self.worker.owner(run), f"pipeline-run-{run.run_id}")
         await self._send(PIPELINE_PARTS, run.run_id, encode(Arrive(
-            command_id=new_id(), stream_id=run.run_id, issued_at=utcnow(), actor=ACTOR,
+            command_id=new_id(), stream_id=run.run_id, issued_at=utcnow(), actor=self.worker.actor,
             correlation_id=run.correlation_id, point=END, kind=END, level=0, outcome="failed", token=wire,
             failure=failure)))
 

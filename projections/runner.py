@@ -16,7 +16,17 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from events.codec import DecodeError, decode_event
-from projections import event_log, files, jobs, pipeline_runs, pipeline_steps, pipelines, services, tasks, works
+from projections import (
+    event_log,
+    files,
+    jobs,
+    pipeline_runs,
+    pipeline_steps,
+    pipelines,
+    services,
+    tasks,
+    works,
+)
 from services import db
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,13 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from events.pipelines import DeletePipeline, PipelineChangeRefused, PipelineDeleted, PipelineSaved, SavePipeline
+from events.pipelines import (
+    DeletePipeline,
+    PipelineChangeRefused,
+    PipelineDeleted,
+    PipelineSaved,
+    SavePipeline,
+)
 from services.pipelines import catalog
 from services.pipelines.flow import Caller, Settings
 from services.pipelines.local import LocalRuns

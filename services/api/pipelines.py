@@ -156,6 +156,8 @@ async def put_pipeline(request: Request) -> Response:
     user = authenticate(request)
     name = _name(request)
     spec = await read_json(request, MAX_SPEC)
+    if b"\\u0000" in orjson.dumps(spec):
+        raise BadRequest("a pipeline spec may not contain NUL characters (\\u0000)")
     try:
         parse(spec)
     except SpecError as exc:

@@ -98,6 +98,13 @@ def parse_spec(raw: bytes) -> Spec:
     return parse(orjson.loads(raw))
 
 
+def encode_event(event: Any) -> bytes:
+    """An event's JSON without NUL characters: Postgres keeps neither them in text nor `\u0000` in jsonb,
+    and a caller's path, a response's error text or a part's name may hold one."""
+    raw = encode(event)
+    return raw.replace(b"\\u0000", b"\\ufffd") if b"\\u0000" in raw else raw
+
+
 def state_label(status: int) -> str:
     return "succeeded" if status < 400 else "failed"
 
@@ -316,7 +323,7 @@ class Worker:
         wire = await self.wire(run, joined)
         key = token_key(run_id, joined, run.route)
         deliveries = [
-            await self.send(PIPELINE_RUNS, run_id, encode(RunJoined(
+            await self.send(PIPELINE_RUNS, run_id, encode_event(RunJoined(
                 **self.meta(run), token_id=joined.token_id, point=arrive.point, kind=arrive.kind,
                 parts=len(arrivals), messages=sum(1 for a in arrivals if a.message is not None)))),
             await self.send(PIPELINE_WORK, key, encode(ContinueRun(
@@ -335,7 +342,7 @@ class Worker:
         joins[end_key.encode()] = orjson.dumps({"ended": True, "deadline": run.deadline, "kind": END, "level": 0,
                                                 "owner": self.owner(run)})
         event = await self.ended_event(run.run_id, run.correlation_id, self.owner(run), result, run.next_sequence())
-        await (await self.send(PIPELINE_RUNS, run.run_id, encode(event)))
+        await (await self.send(PIPELINE_RUNS, run.run_id, encode_event(event)))
 
     async def ended_event(self, run_id: str, correlation_id: str, owner: str, result: Message,
                           sequence: int) -> RunEnded:
@@ -361,7 +368,7 @@ class Worker:
             joins[end_key.encode()] = orjson.dumps({"ended": True, "deadline": deadline, "kind": END, "level": 0})
             event = await self.ended_event(run_id, arrive.correlation_id or run_id, owner, error_message(504, text),
                                            1_000_000)
-            await (await self.send(PIPELINE_RUNS, run_id, encode(event)))
+            await (await self.send(PIPELINE_RUNS, run_id, encode_event(event)))
             return
         if time.time() > float(ended.get("deadline", 0)) + ENDED_KEPT:  # long over: forget the run
             for key in [k for k in list(joins.keys()) if k.decode().startswith(prefix)]:
@@ -399,7 +406,7 @@ class KafkaSink:
         self.sends: list[asyncio.Task[Any]] = []
 
     def emit(self, topic: str, event: Any) -> None:
-        self.sends.append(asyncio.ensure_future(self.worker.send(topic, self.run.run_id, encode(event))))
+        self.sends.append(asyncio.ensure_future(self.worker.send(topic, self.run.run_id, encode_event(event))))
 
     async def _send(self, topic: str, key: str, value: bytes) -> None:
         self.pending.append(await self.worker.send(topic, key, value))
@@ -440,7 +447,7 @@ class KafkaSink:
     async def ended(self, run: Run, result: Message, token: Token | None) -> None:
         event = await self.worker.ended_event(run.run_id, run.correlation_id, self.worker.owner(run), result,
                                               run.next_sequence())
-        await self._send(PIPELINE_RUNS, run.run_id, encode(event))
+        await self._send(PIPELINE_RUNS, run.run_id, encode_event(event))
 
     def event(self, run: Run, event: Any) -> None:
         kind, base, fields = event

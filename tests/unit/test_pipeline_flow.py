@@ -103,3 +103,13 @@ def test_a_pipeline_belongs_to_its_creator() -> None:
     assert isinstance(missing, PipelineChangeRefused) and missing.reason == "missing"
     [again] = catalog.decide(gone, _save("bob"), NOW)
     assert isinstance(again, PipelineSaved) and again.created and again.user_id == "bob" and again.sequence == 3
+
+
+def test_events_never_carry_a_nul_character() -> None:
+    from events.pipelines import RunStarted
+    from services.pipelines.agents import encode_event
+
+    event = RunStarted(event_id="e", stream_id="r", sequence=1, occurred_at=NOW, correlation_id="r",
+                       pipeline="p", user_id="u", method="GET", path="/p/x/a\x00b")
+    raw = encode_event(event)
+    assert b"\\u0000" not in raw and orjson.loads(raw)["path"] == "/p/x/a\ufffdb"

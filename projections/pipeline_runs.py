@@ -18,10 +18,12 @@ from events.topics import PIPELINE_RUNS
 NAME = "pipeline_runs"
 TOPIC = PIPELINE_RUNS
 
-_UPSERT = """
+_TYPES = ("uuid text text text int text text text text int int timestamptz timestamptz timestamptz text").split()
+# One statement per batch over arrays (the tasks projection measured ~1.7x the rows/s of executemany).
+_UPSERT = f"""
 INSERT INTO pipeline_runs AS r (run_id, pipeline, user_id, state, status, method, path, query, error, fanouts, joins,
                                 started_at, finished_at, deadline, correlation_id)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+SELECT * FROM unnest({", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))})
 ON CONFLICT (run_id) DO UPDATE SET
     pipeline = COALESCE(r.pipeline, EXCLUDED.pipeline), user_id = COALESCE(r.user_id, EXCLUDED.user_id),
     method = COALESCE(r.method, EXCLUDED.method), path = COALESCE(r.path, EXCLUDED.path),
@@ -62,6 +64,6 @@ async def write(conn: asyncpg.Connection, events: list[RunEvent]) -> None:
             continue
         seen.add(e.event_id)
         rows[e.stream_id] = apply(rows.get(e.stream_id, {"state": "running", "fanouts": 0, "joins": 0}), e)
-    records = [(run_id, *(row.get(f) for f in _FIELDS)) for run_id, row in rows.items()]
-    if records:
-        await conn.executemany(_UPSERT, records)
+    if rows:
+        columns = [list(rows)] + [[row.get(f) for row in rows.values()] for f in _FIELDS]
+        await conn.execute(_UPSERT, *columns)

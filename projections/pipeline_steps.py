@@ -18,10 +18,14 @@ TOPIC = PIPELINE_STEPS
 
 _FIELDS = ("token_id element worker method url retry status duration_ms output_name size content_type error requested_at "
            "responded_at").split()
+_TYPES = dict(zip(["step_id", "run_id", "step", *_FIELDS], (
+    "text uuid text text text text text text int int float8 text int text text timestamptz timestamptz").split(),
+    strict=True))
+# One statement per batch over arrays (the tasks projection measured ~1.7x the rows/s of executemany).
 _UPSERT = f"""
-INSERT INTO pipeline_steps AS s (run_id, step, {", ".join(_FIELDS)})
-VALUES ($1, $2, {", ".join(f"${i + 3}" for i in range(len(_FIELDS)))})
-ON CONFLICT (run_id, step) DO UPDATE SET
+INSERT INTO pipeline_steps AS s (step_id, run_id, step, {", ".join(_FIELDS)})
+SELECT * FROM unnest({", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES.values()))})
+ON CONFLICT (step_id) DO UPDATE SET
     {", ".join(f"{f} = COALESCE(EXCLUDED.{f}, s.{f})" for f in _FIELDS if f != "retry")},
     retry = GREATEST(s.retry, EXCLUDED.retry)
 """
@@ -44,6 +48,7 @@ async def write(conn: asyncpg.Connection, events: list[StepEvent]) -> None:
     for e in events:
         key = (e.stream_id, e.step)
         rows[key] = apply(rows.get(key, {"retry": 0}), e)
-    records = [(run_id, step, *(row.get(f) for f in _FIELDS)) for (run_id, step), row in rows.items()]
-    if records:
-        await conn.executemany(_UPSERT, records)
+    if rows:
+        columns = [[f"{k[0]}/{k[1]}" for k in rows], [k[0] for k in rows], [k[1] for k in rows]]
+        columns += [[row.get(f) for row in rows.values()] for f in _FIELDS]
+        await conn.execute(_UPSERT, *columns)

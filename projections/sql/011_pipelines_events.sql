@@ -37,6 +37,7 @@ CREATE INDEX pipeline_runs_finished ON pipeline_runs (finished_at) WHERE finishe
 
 -- The `pipeline_steps` projection (projections/pipeline_steps.py): one row per HTTP request of a run.
 CREATE TABLE pipeline_steps (
+    step_id      text PRIMARY KEY,      -- run id / step
     run_id       uuid        NOT NULL,
     step         text        NOT NULL,  -- token, element and request index: unique in the run
     token_id     text        NOT NULL,
@@ -52,7 +53,7 @@ CREATE TABLE pipeline_steps (
     content_type text,
     error        text,
     requested_at timestamptz,
-    responded_at timestamptz,
-    PRIMARY KEY (run_id, step)
+    responded_at timestamptz
 );
+CREATE INDEX pipeline_steps_run ON pipeline_steps (run_id);
 CREATE INDEX pipeline_steps_responded ON pipeline_steps (responded_at) WHERE responded_at IS NOT NULL;

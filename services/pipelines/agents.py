@@ -114,7 +114,13 @@ def token_key(run_id: str, token: Token | WireToken, route: str | None) -> str:
 
 
 class Journal:
-    """One consumed token's entry in the table "pipeline-journal": the unsafe requests it made, done."""
+    """One consumed token's entry in the table "pipeline-journal": whether it sent unsafe requests, done.
+
+    One durable write per token attempt, before its first unsafe request: from then on every unsafe
+    request of the token may have been sent. A run again (deterministic up to there) meets first the
+    request that was marked, so it fails where the lost worker may have sent something, and nowhere
+    earlier; the later unsafe requests of the attempt need no write of their own.
+    """
 
     def __init__(self, table: Any, key: str, deadline: float) -> None:
         self.table = table
@@ -122,17 +128,24 @@ class Journal:
         self.deadline = deadline
         raw = table.get(key.encode())
         self.entry: dict[str, Any] = orjson.loads(raw) if raw else {}
+        self.earlier = bool(self.entry.get("requested"))  # an earlier attempt sent unsafe requests
         self.touched = False
+        self._marked: asyncio.Future[None] | None = None
 
     @property
     def done(self) -> bool:
         return bool(self.entry.get("done"))
 
     def requested(self, key: str) -> bool:
-        return key in self.entry.get("requested", ())
+        return self.earlier
 
     async def record(self, key: str) -> None:
-        self.entry.setdefault("requested", []).append(key)
+        if self._marked is None:
+            self._marked = asyncio.ensure_future(self._mark(key))
+        await asyncio.shield(self._marked)
+
+    async def _mark(self, key: str) -> None:
+        self.entry["requested"] = [key]
         await self._write()
 
     async def finish(self) -> None:
@@ -242,7 +255,7 @@ class Worker:
         sink = KafkaSink(self, run, partition)
         if w.token_id == "r" and not w.pending and w.frames[-1].index == 0:
             c = run.caller
-            sink.emit(PIPELINE_RUNS, RunStarted(
+            await sink.emit(PIPELINE_RUNS, RunStarted(
                 **{**self.meta(run), "sequence": 1}, pipeline=run.pipeline, user_id=self.owner(run),
                 method=c.method, path=c.base_path + (("/" + c.service_path.lstrip("/")) if c.service_path else ""),
                 query="&".join(f"{k}={v}" for k, v in c.query), depth=c.depth, deadline=run.deadline))
@@ -403,10 +416,10 @@ class KafkaSink:
         self.run = run
         self.partition = partition
         self.pending: list[asyncio.Future[Any]] = []
-        self.sends: list[asyncio.Task[Any]] = []
 
-    def emit(self, topic: str, event: Any) -> None:
-        self.sends.append(asyncio.ensure_future(self.worker.send(topic, self.run.run_id, encode_event(event))))
+    async def emit(self, topic: str, event: Any) -> None:
+        """Send an event without waiting for Kafka (`flush` waits for all of them)."""
+        self.pending.append(await self.worker.send(topic, self.run.run_id, encode_event(event)))
 
     async def _send(self, topic: str, key: str, value: bytes) -> None:
         self.pending.append(await self.worker.send(topic, key, value))
@@ -415,7 +428,7 @@ class KafkaSink:
         return self.worker.partition_of(token_key(run.run_id, token, run.route)) == self.partition
 
     async def forked(self, run: Run, fork: Fork, sent: list[Token]) -> None:
-        self.emit(PIPELINE_RUNS, RunFannedOut(**self.worker.meta(run), token_id=fork.parent.token_id,
+        await self.emit(PIPELINE_RUNS, RunFannedOut(**self.worker.meta(run), token_id=fork.parent.token_id,
                                               element=fork.element, kind=fork.kind,
                                               tokens=[t.token_id for t in fork.tokens]))
         for t in sent:
@@ -449,13 +462,11 @@ class KafkaSink:
                                               run.next_sequence())
         await self._send(PIPELINE_RUNS, run.run_id, encode_event(event))
 
-    def event(self, run: Run, event: Any) -> None:
+    async def event(self, run: Run, event: Any) -> None:
         kind, base, fields = event
-        self.emit(PIPELINE_STEPS, step_event(kind, base, fields, new_id(), run.next_sequence(), utcnow()))
+        await self.emit(PIPELINE_STEPS, step_event(kind, base, fields, new_id(), run.next_sequence(), utcnow()))
 
     async def flush(self) -> None:
-        for send in self.sends:
-            self.pending.append(await send)
         for delivery in self.pending:
             await delivery
 

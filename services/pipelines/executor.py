@@ -110,7 +110,7 @@ class Sink(Protocol):
     async def ended(self, run: Run, result: Message, token: Token) -> None:
         """The run ended here (the token held the whole run)."""
 
-    def event(self, run: Run, event: Any) -> None:
+    async def event(self, run: Run, event: Any) -> None:
         """A step event, sent without waiting (the sink flushes before the token is acknowledged)."""
 
 
@@ -208,14 +208,14 @@ class Executor:
             await journal.record(request.key)
         base = {"stream_id": run.run_id, "occurred_at": None, "correlation_id": run.correlation_id or run.run_id,
                 "actor": self.actor, "token_id": token.token_id, "step": request.key, "element": step.path}
-        sink.event(run, ("requested", base, {"method": request.method, "url": request.url, "retry": retry}))
+        await sink.event(run, ("requested", base, {"method": request.method, "url": request.url, "retry": retry}))
         started = time.perf_counter()
         semaphore = run.semaphore or contextlib.nullcontext()
         async with semaphore:
             response = await self.transport.send(request.method, request.url, request.headers, request.body,
                                                  self.settings.step_timeout, self.settings.max_body)
         seconds = time.perf_counter() - started
-        sink.event(run, ("responded", base, {
+        await sink.event(run, ("responded", base, {
             "status": response.status, "duration_ms": round(seconds * 1000, 3), "output_name": request.output_name,
             "size": len(response.body), "content_type": response.content_type,
             "error": response.error_message()[:500] if response.failed else None}))

@@ -70,7 +70,7 @@ class _Sink:
         if not self.result.done():
             self.result.set_result(result)
 
-    def event(self, run: Run, event: Any) -> None:
+    async def event(self, run: Run, event: Any) -> None:
         self.runs.events.append(event)
 
 

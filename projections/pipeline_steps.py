@@ -49,6 +49,6 @@ async def write(conn: asyncpg.Connection, events: list[StepEvent]) -> None:
         key = (e.stream_id, e.step)
         rows[key] = apply(rows.get(key, {"retry": 0}), e)
     if rows:
-        columns = [[f"{k[0]}/{k[1]}" for k in rows], [k[0] for k in rows], [k[1] for k in rows]]
+        columns: list[list[Any]] = [[f"{k[0]}/{k[1]}" for k in rows], [k[0] for k in rows], [k[1] for k in rows]]
         columns += [[row.get(f) for row in rows.values()] for f in _FIELDS]
         await conn.execute(_UPSERT, *columns)

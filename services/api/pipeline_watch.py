@@ -1,27 +1,33 @@
-"""What the API follows of the pipelines, on its one Kafka tail (services/api/task_watch.py):
+"""What the API follows of the pipelines, on the process's event tail (services/api/tail.py):
 
-- the ends of runs (`pipeline.run-ended` on skyjobs.pipeline-runs, read from the end): a caller
-  waiting at /p/{name} is answered one Kafka hop after the run's last worker wrote it;
-- the specs (skyjobs.pipeline-events, read from the beginning): every API process holds every
-  stored pipeline in memory, so a call finds its spec without a query and right after its PUT,
-  and a PUT or DELETE learns the spec agent's decision (the event caused by its command).
+- the ends of runs (`pipeline.run-ended` on skyjobs.pipeline-runs): a caller waiting at /p/{name}
+  is answered one Kafka hop after the run's last worker wrote it;
+- the specs (skyjobs.pipeline-events): every API process holds every stored pipeline in memory, so
+  a call finds its spec without a query and right after its PUT, and a PUT or DELETE learns the
+  spec agent's decision (the event its command caused). At start the spec history before the
+  tail's positions is read once from Kafka (`load`); from then on the tail brings the rest.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import msgspec
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from events.codec import DecodeError, decode_event
 from events.pipelines import PipelineChangeRefused, PipelineDeleted, PipelineSaved, RunEnded, SpecEvent
 from events.topics import PIPELINE_EVENTS, PIPELINE_RUNS
+from services.api.tail import Batch, EventTail
 from services.pipelines.spec import Spec, parse
 
+log = logging.getLogger(__name__)
 RECENT = 10_000
 
 
@@ -57,9 +63,57 @@ class PipelineWatch:
         self.ends: dict[str, asyncio.Future[RunEnded]] = {}
         self.outcomes: dict[str, asyncio.Future[SpecEvent]] = {}
         self.ended: OrderedDict[str, None] = OrderedDict()  # runs this process saw end recently
+        self.caught_up = asyncio.Event()  # the spec history before the tail was read
+        self._unfollow: Callable[[], None] | None = None
+        self._loading: asyncio.Task[None] | None = None
 
-    def handlers(self) -> dict[str, tuple[Any, bool]]:
-        return {PIPELINE_RUNS: (self.on_run_record, False), PIPELINE_EVENTS: (self.on_spec_record, True)}
+    def attach(self, tail: EventTail, bootstrap: str) -> None:
+        """Follow `tail` (started), and read the spec history before its positions in the background."""
+        self._unfollow = tail.follow(self._on_batch)
+        ends = {tp: offset for tp, offset in tail.positions.items() if tp[0] == PIPELINE_EVENTS and offset > 0}
+        self._loading = asyncio.ensure_future(self.load(bootstrap, ends))
+
+    def detach(self) -> None:
+        if self._unfollow is not None:
+            self._unfollow()
+        if self._loading is not None:
+            self._loading.cancel()
+
+    async def load(self, bootstrap: str, ends: dict[tuple[str, int], int]) -> None:
+        """Apply the spec events in [0, end) of every partition (retried until it succeeds)."""
+        while ends:
+            consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+            try:
+                await consumer.start()
+                remaining = {TopicPartition(*tp): end for tp, end in ends.items()}
+                consumer.assign(list(remaining))
+                for tp in remaining:
+                    consumer.seek(tp, 0)
+                while remaining:
+                    fetched = await consumer.getmany(*remaining, timeout_ms=1000)
+                    for tp, records in fetched.items():
+                        for record in records:
+                            if record.offset < remaining.get(tp, 0):
+                                self.on_spec_record(record.value)
+                        if records and records[-1].offset + 1 >= remaining.get(tp, 0):
+                            remaining.pop(tp, None)
+                break
+            except Exception as exc:
+                log.warning("pipeline specs: reading their history failed (%r); retrying", exc)
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+        self.caught_up.set()
+
+    def _on_batch(self, batch: Batch) -> None:
+        for (topic, _), records in batch.items():
+            if topic == PIPELINE_RUNS:
+                for record in records:
+                    self.on_run_record(record.value)
+            elif topic == PIPELINE_EVENTS:
+                for record in records:
+                    self.on_spec_record(record.value)
 
     def expect_end(self, run_id: str) -> asyncio.Future[RunEnded]:
         future: asyncio.Future[RunEnded] = asyncio.get_running_loop().create_future()

@@ -129,7 +129,7 @@ def _view(stored: Stored) -> dict[str, Any]:
 
 async def _ready(state: PipelinesState, request: Request) -> None:
     """The API's copy of the specs has read every spec event written before it started."""
-    caught_up = request.app.state.proxy.tasks.caught_up
+    caught_up = state.watch.caught_up
     if not caught_up.is_set():
         try:
             await asyncio.wait_for(caught_up.wait(), 30)

@@ -25,16 +25,15 @@ from services.proxy.registry import Registry
 log = logging.getLogger(__name__)
 
 
-async def all_partitions(consumer: AIOKafkaConsumer, topic: str | list[str], deadline: float) -> list[TopicPartition]:
-    """Subscribe a consumer without a group to `topic` (or several): it is given every partition. Returns them."""
-    topics = [topic] if isinstance(topic, str) else topic
-    consumer.subscribe(topics)
+async def all_partitions(consumer: AIOKafkaConsumer, topic: str, deadline: float) -> list[TopicPartition]:
+    """Subscribe a consumer without a group to `topic`: it is given every partition. Returns them."""
+    consumer.subscribe([topic])
     while True:
-        assigned = [tp for tp in consumer.assignment() if tp.topic in topics]
-        if assigned and {tp.topic for tp in assigned} == set(topics):
+        assigned = [tp for tp in consumer.assignment() if tp.topic == topic]
+        if assigned:
             return sorted(assigned)
         if time.monotonic() > deadline:
-            raise KafkaError(f"topics {', '.join(topics)} have no partitions (run `skyjobs setup`)")
+            raise KafkaError(f"topic {topic} has no partitions (run `skyjobs setup`)")
         await asyncio.sleep(0.05)
 
 

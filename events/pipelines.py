@@ -175,6 +175,7 @@ class RunFannedOut(Event, frozen=True, tag="pipeline.fanned-out.v1"):
     element: str
     kind: str
     tokens: list[str]
+    user_id: str | None = None
 
 
 class RunJoined(Event, frozen=True, tag="pipeline.joined.v1"):
@@ -185,6 +186,7 @@ class RunJoined(Event, frozen=True, tag="pipeline.joined.v1"):
     kind: str
     parts: int
     messages: int
+    user_id: str | None = None
 
 
 class RunEnded(Event, frozen=True, tag="pipeline.run-ended.v1"):
@@ -194,7 +196,7 @@ class RunEnded(Event, frozen=True, tag="pipeline.run-ended.v1"):
     status: int
     output: Body
     error: str | None = None
-    started_at: float = 0.0
+    user_id: str | None = None  # whose run: every event of a run names it (they come from several topics)
 
 
 class StepRequested(Event, frozen=True, tag="pipeline.step-requested.v1"):
@@ -206,6 +208,7 @@ class StepRequested(Event, frozen=True, tag="pipeline.step-requested.v1"):
     method: str
     url: str
     retry: int = 0  # >0: sent again by another worker after the first was lost (safe or !retry steps)
+    user_id: str | None = None
 
 
 class StepResponded(Event, frozen=True, tag="pipeline.step-responded.v1"):
@@ -218,6 +221,7 @@ class StepResponded(Event, frozen=True, tag="pipeline.step-responded.v1"):
     size: int = 0
     content_type: str = ""
     error: str | None = None
+    user_id: str | None = None
 
 
 PipelineCommand = SavePipeline | DeletePipeline

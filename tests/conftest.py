@@ -123,6 +123,7 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
 
         await eventually(healthy, timeout=120, interval=0.2, what="API health")
         await _wait_worker_ready(stack)
+        await _wait_pipelines_ready(stack)
         yield stack
     finally:
         await supervisor.stop()
@@ -139,6 +140,17 @@ async def _wait_worker_ready(stack: Stack) -> None:
             return (await client.get(f"/api/job/job_info/{job_id}")).json().get("state") == "succeeded"
 
         await eventually(done, timeout=120, interval=0.2, what="first job to succeed")
+
+
+async def _wait_pipelines_ready(stack: Stack) -> None:
+    """A pipeline saved and run end to end: the pipeline worker owns its partitions."""
+    async with stack.client() as client:
+
+        async def ran() -> bool:
+            saved = await client.put("/api/pipelines/stack-ready", json=["~$this"])
+            return saved.status_code in (200, 201) and (await client.post("/p/stack-ready", json={})).status_code == 200
+
+        await eventually(ran, timeout=120, interval=0.2, what="a first pipeline run")
 
 
 @pytest.fixture

@@ -338,7 +338,8 @@ class Worker:
         deliveries = [
             await self.send(PIPELINE_RUNS, run_id, encode_event(RunJoined(
                 **self.meta(run), token_id=joined.token_id, point=arrive.point, kind=arrive.kind,
-                parts=len(arrivals), messages=sum(1 for a in arrivals if a.message is not None)))),
+                parts=len(arrivals), messages=sum(1 for a in arrivals if a.message is not None),
+                user_id=self.owner(run) or None))),
             await self.send(PIPELINE_WORK, key, encode(ContinueRun(
                 command_id=new_id(), stream_id=run_id, issued_at=utcnow(), actor=self.actor,
                 correlation_id=run.correlation_id, token=wire))),
@@ -363,7 +364,7 @@ class Worker:
         error = result.error_message()[:1000] if result.status >= 400 else None
         return RunEnded(event_id=new_id(), stream_id=run_id, sequence=sequence, occurred_at=utcnow(),
                         correlation_id=correlation_id, actor=self.actor, state=state_label(result.status),
-                        status=result.status, output=output, error=error)
+                        status=result.status, output=output, error=error, user_id=owner or None)
 
     async def _expire(self, arrive: Arrive, joins: Any, state: dict[str, Any] | None) -> None:
         run_id = arrive.stream_id
@@ -430,7 +431,8 @@ class KafkaSink:
     async def forked(self, run: Run, fork: Fork, sent: list[Token]) -> None:
         await self.emit(PIPELINE_RUNS, RunFannedOut(**self.worker.meta(run), token_id=fork.parent.token_id,
                                               element=fork.element, kind=fork.kind,
-                                              tokens=[t.token_id for t in fork.tokens]))
+                                              tokens=[t.token_id for t in fork.tokens],
+                                              user_id=self.worker.owner(run) or None))
         for t in sent:
             wire = await self.worker.wire(run, t)
             await self._send(PIPELINE_WORK, token_key(run.run_id, t, run.route), encode(ContinueRun(
@@ -464,6 +466,7 @@ class KafkaSink:
 
     async def event(self, run: Run, event: Any) -> None:
         kind, base, fields = event
+        fields = {**fields, "user_id": self.worker.owner(run) or None}
         await self.emit(PIPELINE_STEPS, step_event(kind, base, fields, new_id(), run.next_sequence(), utcnow()))
 
     async def flush(self) -> None:

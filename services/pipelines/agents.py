@@ -296,21 +296,25 @@ class Worker:
                 return
             point.credit = _fraction(state["credit"])
             point.received = set(state["received"])
+            if state.get("last_order") is not None:
+                point.last_order = tuple(state["last_order"])
         arrival = Arrival(self._stub(w), arrive.point, arrive.kind, arrive.level, None, arrive.outcome != "notice")
         if arrive.outcome == "message":
             arrival.message = Message()
+        answer_so_far = point.last_order
         if not point.add(arrival):
             return
         part_id = w.token_id + ("~" if arrive.outcome == "notice" else "")
         if arrive.point == END:
-            if arrive.outcome == "message":
+            if arrive.outcome == "message" and point.last_order != answer_so_far:
                 joins[f"{tally_key}|last".encode()] = raw
         else:
             joins[f"{tally_key}|{part_id}".encode()] = raw
         if not point.complete:
             joins[tally_key.encode()] = orjson.dumps({"kind": arrive.kind, "level": arrive.level,
                                                       "credit": str(point.credit), "received": sorted(point.received),
-                                                      "deadline": w.deadline, "owner": self.owner(run)})
+                                                      "deadline": w.deadline, "owner": self.owner(run),
+                                                      "last_order": point.last_order})
             return
         if arrive.point == END:
             last_raw = joins.get(f"{tally_key}|last".encode())

@@ -50,6 +50,7 @@ from services.pipelines.urls import PatternError, UrlContext, json_path, normali
 DEPTH_HEADER = "x-skyjobs-pipeline-depth"
 RUN_HEADER = "x-skyjobs-pipeline-run"
 END = "end"  # the accounting point of the run's end
+AFTER = 2**31  # the last place in an order key: a joined message's, after the parts it was made of
 ONE = "1"
 
 
@@ -642,11 +643,16 @@ class Point:
     received: set[str] = field(default_factory=set)
     arrivals: list[Arrival] = field(default_factory=list)
     last: Message | None = None
+    last_order: tuple[int, ...] | None = None  # the run's answer is the last output in spec order
     ended: bool = False
 
     @property
     def complete(self) -> bool:
         return self.credit >= 1
+
+    def later(self, order: tuple[int, ...]) -> bool:
+        """Whether an output of this order comes after the answer so far (in spec order, not in time)."""
+        return self.last_order is None or order >= self.last_order
 
     def add(self, arrival: Arrival) -> bool:
         """Count an arrival; False for a duplicate (a redelivered or re-sent part) or after the end."""
@@ -656,8 +662,8 @@ class Point:
         self.received.add(part_id)
         self.credit += arrival.credit
         if self.kind == END:
-            if arrival.message is not None:
-                self.last = arrival.message
+            if arrival.message is not None and self.later(arrival.token.order):
+                self.last, self.last_order = arrival.message, arrival.token.order
         else:
             self.arrivals.append(arrival)
         return True
@@ -678,7 +684,8 @@ def joined_token(arrivals: list[Arrival], point: str) -> Token:
     for a in carriers:
         variables.update(a.token.variables)
     budget = sum(a.token.budget for a in carriers)
-    order = _common_prefix([a.token.order for a in carriers])
+    # after every part in spec order: what a joiner makes comes after what went into it (or skipped it)
+    order = (*max(a.token.order for a in ordered), AFTER)
     token = Token(short_id(point), frames, Message(), variables, budget, True, order)
     if arrivals[0].kind == "wait":
         token.message = top.original if isinstance(top.original, Message) else Message()
@@ -695,20 +702,8 @@ def joined_token(arrivals: list[Arrival], point: str) -> Token:
     return token
 
 
-def _common_prefix(orders: list[tuple[int, ...]]) -> tuple[int, ...]:
-    if not orders:
-        return ()
-    prefix = orders[0]
-    for o in orders[1:]:
-        n = 0
-        while n < len(prefix) and n < len(o) and prefix[n] == o[n]:
-            n += 1
-        prefix = prefix[:n]
-    return prefix
-
-
 def answer(last: Message | None, first: Message) -> Message:
-    """What the caller gets: the last message out; 204 when none came out; `{}` for a null message."""
+    """What the caller gets: the last message out (in spec order); 204 when none came out; `{}` for a null."""
     if last is None:
         return first.copy(status=204, body=b"", headers={})
     if last.null:

@@ -31,7 +31,6 @@ TASK_EVENTS = "skyjobs.task-events"
 # Created up front with the partition count of the job topics: faust creating them itself at
 # start-up races its own partition assignment.
 JOB_STATE_CHANGELOG = "skyjobs-jobs-jobs-changelog"
-ACTIVE_JOBS_CHANGELOG = "skyjobs-jobs-active-jobs-changelog"
 WORKS_CHANGELOG = "skyjobs-jobs-works-changelog"
 WORK_SCHEDULE_CHANGELOG = "skyjobs-jobs-work-schedule-changelog"
 
@@ -44,7 +43,6 @@ TOPICS = (
     TopicSpec(SERVICE_EVENTS),
     TopicSpec(TASK_EVENTS),
     TopicSpec(JOB_STATE_CHANGELOG, compacted=True),
-    TopicSpec(ACTIVE_JOBS_CHANGELOG, compacted=True),
     TopicSpec(WORK_COMMANDS, retention_ms=7 * 24 * 3600 * 1000),
     TopicSpec(WORK_EVENTS),
     TopicSpec(WORKS_CHANGELOG, compacted=True),

@@ -195,7 +195,7 @@ class Dispatcher:
 
 async def run(config: Config) -> None:
     """The executor process: consume job events until cancelled."""
-    bus = CommandBus(config.kafka_bootstrap, config.kafka_timeout, linger_ms=5)
+    bus = CommandBus(config.kafka_bootstrap, config.kafka_timeout, linger_ms=2)
     await bus.start()
 
     async def send_command(command: Command) -> None:

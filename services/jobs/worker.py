@@ -68,7 +68,7 @@ def create_app(config: Config) -> faust.App:
         topic_partitions=config.partitions,
         web_enabled=False,
         producer_acks=-1,
-        producer_linger_ms=5,
+        producer_linger_ms=2,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=15,
         broker_heartbeat_interval=3,

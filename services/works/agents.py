@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import faust
@@ -24,7 +25,6 @@ from events.jobs import (
     JobCancelled,
     JobExpired,
     JobFailed,
-    JobStarted,
     JobSucceeded,
     RunJob,
 )
@@ -38,9 +38,11 @@ log = logging.getLogger(__name__)
 
 _state_encoder = msgspec.json.Encoder()
 _state_decoder = msgspec.json.Decoder(model.Work)
-_JOB_STATE: dict[type, str] = {JobStarted: "running", JobSucceeded: "succeeded", JobFailed: "failed", JobCancelled: "cancelled",
-              JobExpired: "expired"}
-TICK = 0.2  # seconds between scheduler scans: bounds how late a task fires
+# Only a job's end changes its task (work.task-ended); its start is in the jobs projection already.
+_JOB_STATE: dict[type, str] = {JobSucceeded: "succeeded", JobFailed: "failed", JobCancelled: "cancelled",
+                               JobExpired: "expired"}
+TICK = 0.2  # seconds between scheduler ticks: bounds how late a task fires
+REFIRE = timedelta(seconds=10)  # a work still due this long after its fire-due was sent gets another
 
 
 def register(app: faust.App, config: Config, raw_topic: Any, job_commands: Any, job_events: Any,
@@ -49,7 +51,19 @@ def register(app: faust.App, config: Config, raw_topic: Any, job_commands: Any, 
     work_events = raw_topic(WORK_EVENTS)
     works = app.Table("works", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
     due = app.Table("work-schedule", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
-    sent: dict[bytes, bytes] = {}  # fire-due already sent per work (a cache: the table is the truth)
+    # An index of the "work-schedule" table for the scheduler: (when to look, due value, work key),
+    # rebuilt from the table whenever faust has recovered it, pushed to by the work agent. Entries
+    # whose due value is no longer the table's are stale and skipped, so a tick costs what is due,
+    # not a scan of every work.
+    heap: list[tuple[datetime, bytes, bytes]] = []
+
+    @due.on_recover
+    async def index_due() -> None:
+        heap.clear()
+        for key, value in due.items():
+            if value:
+                heap.append((datetime.fromisoformat(value.decode()), value, key))
+        heapq.heapify(heap)
 
     def work_of(key: bytes) -> model.Work | None:
         raw = works.get(key)
@@ -76,21 +90,25 @@ def register(app: faust.App, config: Config, raw_topic: Any, job_commands: Any, 
             if decided and work is not None:
                 works[key] = _state_encoder.encode(work)
                 if work.next_due is not None and work.deleted_at is None:
-                    due[key] = work.next_due.isoformat().encode()
+                    value = work.next_due.isoformat().encode()
+                    if due.get(key) != value:
+                        due[key] = value
+                        heapq.heappush(heap, (work.next_due, value, key))
                 else:
                     due.pop(key, None)
 
     @app.timer(interval=TICK)
     async def scheduler() -> None:
         now = utcnow()
-        for key, value in list(due.items()):
-            if value is None or sent.get(key) == value:
-                continue
-            due_at = datetime.fromisoformat(value.decode())
-            if due_at <= now:
-                sent[key] = value
-                await send_work_command(FireDue(command_id=new_id(), stream_id=key.decode(), issued_at=now,
-                                                actor="scheduler", due_at=due_at))
+        while heap and heap[0][0] <= now:
+            _, value, key = heapq.heappop(heap)
+            if due.get(key) != value:
+                continue  # fired, changed or deleted since
+            # Look again later: if this fire-due is lost, the work is still due then and is fired again
+            # (a repeated fire-due for the same time decides nothing).
+            heapq.heappush(heap, (now + REFIRE, value, key))
+            await send_work_command(FireDue(command_id=new_id(), stream_id=key.decode(), issued_at=now,
+                                            actor="scheduler", due_at=datetime.fromisoformat(value.decode())))
 
     @app.agent(work_events)
     async def task_runner(stream: Any) -> None:
@@ -110,7 +128,10 @@ def register(app: faust.App, config: Config, raw_topic: Any, job_commands: Any, 
                     await _cancel(task_id, "its work was deleted")
 
     async def _start_task(spec: WorkSpec, event: TaskScheduled) -> None:
-        command, binary, inputs = await asyncio.to_thread(task_command, spec, config)
+        if spec.category == "SHELL":
+            command, binary, inputs = task_command(spec, config)
+        else:  # Flink's jars may have to be fetched first
+            command, binary, inputs = await asyncio.to_thread(task_command, spec, config)
         job_id = model.job_id_of(event.task_id)
         await job_commands.send(key=job_id.encode(), value=encode(RunJob(
             command_id=new_id(), stream_id=job_id, issued_at=event.occurred_at, actor=event.actor or spec.user_id,

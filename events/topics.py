@@ -32,7 +32,6 @@ TASK_EVENTS = "skyjobs.task-events"
 # start-up races its own partition assignment.
 JOB_STATE_CHANGELOG = "skyjobs-jobs-jobs-changelog"
 WORKS_CHANGELOG = "skyjobs-jobs-works-changelog"
-WORK_SCHEDULE_CHANGELOG = "skyjobs-jobs-work-schedule-changelog"
 
 TOPICS = (
     TopicSpec(JOB_COMMANDS, retention_ms=7 * 24 * 3600 * 1000),
@@ -46,5 +45,4 @@ TOPICS = (
     TopicSpec(WORK_COMMANDS, retention_ms=7 * 24 * 3600 * 1000),
     TopicSpec(WORK_EVENTS),
     TopicSpec(WORKS_CHANGELOG, compacted=True),
-    TopicSpec(WORK_SCHEDULE_CHANGELOG, compacted=True),
 )

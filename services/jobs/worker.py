@@ -4,6 +4,7 @@
                  ^   (decide/evolve, table "jobs")                 │  start, heartbeat, finish
                  ├────────────────────────────────────────────────┘
                  └── lease keeper (timer over the unfinished jobs: ttl and lost executors)
+    a work's task job, once finished ──> skyjobs.work-commands (services/works/agents.py)
 
 Both job topics are keyed by job id with the same partition count, so a worker that owns a
 partition of the commands owns the same partition of the events and of the table. Running jobs is
@@ -85,6 +86,7 @@ def create_app(config: Config) -> faust.App:
     # The unfinished jobs' keys: an index of the table (the lease keeper's work list), rebuilt from
     # the table whenever faust has recovered it, kept up to date by the lifecycle agent.
     unfinished: set[bytes] = set()
+    job_finished = register_works(app, config, lambda name: _raw(app, name, config.partitions), commands, dead_letters)
 
     @jobs.on_recover
     async def index_unfinished() -> None:
@@ -121,6 +123,8 @@ def create_app(config: Config) -> faust.App:
                     unfinished.discard(key)
                 else:
                     unfinished.add(key)
+            if job is not None and job.finished:  # also after a redelivery, which decides nothing
+                await job_finished(job)
 
     @app.timer(interval=1.0)
     async def lease_keeper() -> None:
@@ -135,5 +139,4 @@ def create_app(config: Config) -> faust.App:
                 command = ExpireJob(**meta) if due == "expire" else ReleaseJob(**meta, attempt=job.attempt)
                 await send_command(command)
 
-    register_works(app, config, lambda name: _raw(app, name, config.partitions), commands, events, jobs, dead_letters)
     return app

@@ -10,6 +10,7 @@ import msgspec
 
 from events.jobs import FileRef, JobEvent, JobHeartbeat
 from events.topics import JOB_EVENTS
+from projections import batch
 from services.jobs.lifecycle import Job, evolve
 
 NAME = "jobs"
@@ -21,11 +22,27 @@ COLUMNS = (
     "correlation_id"
 ).split()
 
-_UPSERT = f"""
-INSERT INTO jobs ({", ".join(COLUMNS)}) VALUES ({", ".join(f"${i + 1}" for i in range(len(COLUMNS)))})
+_TYPES = {
+    "job_id": "uuid", "user_id": "text", "state": "text", "command": "text", "binary_file": "jsonb",
+    "input_files": "jsonb", "ttl": "bigint", "deadline": "timestamptz", "submitted_at": "timestamptz",
+    "started_at": "timestamptz", "finished_at": "timestamptz", "exit_code": "int", "answer_id": "uuid",
+    "stderr_id": "uuid", "error": "text", "attempt": "int", "executor_id": "text", "lease_until": "timestamptz",
+    "request_hash": "text", "deleted": "boolean", "version": "int", "correlation_id": "text",
+}
+# One upsert per batch (a batch holds each job once), from arrays or from the staging table (batch.py).
+_ON_CONFLICT = f"""
 ON CONFLICT (job_id) DO UPDATE SET {", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[1:])}
 WHERE jobs.version < EXCLUDED.version
 """
+_UPSERT = f"""
+INSERT INTO jobs ({", ".join(COLUMNS)})
+SELECT * FROM unnest({", ".join(f"${i + 1}::{_TYPES[c]}[]" for i, c in enumerate(COLUMNS))})
+{_ON_CONFLICT}"""
+_UPSERT_STAGED = f"""
+INSERT INTO jobs ({", ".join(COLUMNS)}) SELECT {", ".join(COLUMNS)} FROM jobs_staging
+{_ON_CONFLICT}"""
+_JSON_COLUMNS = [i for i, c in enumerate(COLUMNS) if _TYPES[c] == "jsonb"]
+STAGING = batch.staging("jobs")
 
 
 def apply(row: Job | None, event: JobEvent) -> Job | None:
@@ -71,5 +88,8 @@ async def write(conn: asyncpg.Connection, events: list[JobEvent]) -> None:
             row = apply(row, event)
         if row is not None and row.version > before and not all(isinstance(e, JobHeartbeat) for e in stream):
             rows.append(to_record(row))
-    if rows:
-        await conn.executemany(_UPSERT, rows)
+    if len(rows) >= batch.COPY_FROM:
+        await conn.copy_records_to_table("jobs_staging", records=rows, columns=COLUMNS)
+        await conn.execute(_UPSERT_STAGED)
+    elif rows:
+        await conn.execute(_UPSERT, *batch.arrays(rows, len(COLUMNS), _JSON_COLUMNS))

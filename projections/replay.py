@@ -1,8 +1,9 @@
 """`skyjobs replay`: rebuild read models from the beginning of the log, then swap them in atomically.
 
-    1. create every projection table afresh in a new schema `replay_<time>`;
+    1. create every projection table afresh in a new schema `replay_<time>`, without the indexes that
+       back no constraint (building them once at the end is cheaper than keeping them up row by row);
     2. fold the log into it from offset 0 with a projector of its own (its own consumer group and
-       offsets table), while the live projector and the API carry on;
+       offsets table), while the live projector and the API carry on; then build those indexes;
     3. when the rebuild has reached the live projector's offsets, lock the live offsets table (the
        live projector waits at its next batch), check the positions are still equal, and move the
        rebuilt tables into `public` and the old ones out, in one transaction;
@@ -80,12 +81,13 @@ async def replay(bootstrap: str, database_url: str, names: tuple[str, ...], keep
     search_path = f'"{schema}", public'
 
     def projector(**kwargs: object) -> Projector:
-        # Big batches, and no waiting for the WAL flush at each commit: a rebuild that dies is
-        # simply started again, and the swap itself is a normal durable commit.
+        # Big batches. Like every projector it does not wait for the WAL flush at each commit; the
+        # swap is a durable commit, and it flushes the WAL before it, the rebuilt rows included.
         return Projector(bootstrap, database_url, group=f"skyjobs-{schema}", projections=chosen,
-                         log_events=log_events, search_path=search_path,
-                         settings={"synchronous_commit": "off"}, **kwargs)  # type: ignore[arg-type]
+                         log_events=log_events, search_path=search_path, **kwargs)  # type: ignore[arg-type]
 
+    phases = {"create": time.monotonic() - started}
+    indexes = await _drop_secondary_indexes(conn, schema, tables)
     # 1. the bulk of the log, while everything else carries on
     goal = await _end_offsets(bootstrap, topics)
     task = asyncio.ensure_future(projector(batch_size=10_000).run())
@@ -96,14 +98,18 @@ async def replay(bootstrap: str, database_url: str, names: tuple[str, ...], keep
                 raise ReplayError("the replay projector stopped")
             if time.monotonic() - started > timeout:
                 raise ReplayError(f"the rebuild did not catch up within {timeout:g} s")
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)
     finally:
         task.cancel()
         with contextlib.suppress(BaseException):
             await task
+    phases["rebuild"] = time.monotonic() - started - sum(phases.values())
+    await _build(database_url, indexes)
+    phases["indexes"] = time.monotonic() - started - sum(phases.values())
     # 2. the last records up to exactly the live projector's position, and the swap, under one lock
     finisher = projector(batch_size=5000)
-    finisher.pool = await db.create_pool(database_url, min_size=1, max_size=1, search_path=search_path)
+    finisher.pool = await db.create_pool(database_url, min_size=1, max_size=1, search_path=search_path, bulk=True,
+                                         setup=finisher.prepare_connection)
     try:
         while not await _finish(conn, finisher, schema, old, topics, tables):
             if time.monotonic() - started > timeout:
@@ -111,15 +117,44 @@ async def replay(bootstrap: str, database_url: str, names: tuple[str, ...], keep
             await asyncio.sleep(0.1)
     finally:
         await finisher.pool.close()
+    phases["swap"] = time.monotonic() - started - sum(phases.values())
     events = sum((await _offsets(conn, "public", topics)).values())
     if not keep_old:
         await conn.execute(f'DROP SCHEMA "{old}" CASCADE')
     await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
     await conn.close()
     seconds = time.monotonic() - started
+    phases["drop"] = seconds - sum(phases.values())
     return {"projections": list(names), "tables": tables, "events": events, "seconds": round(seconds, 3),
             "events_per_second": round(events / seconds) if seconds else None,
-            "old_schema": old if keep_old else None}
+            "old_schema": old if keep_old else None, "phases": {k: round(v, 3) for k, v in phases.items()}}
+
+
+async def _build(database_url: str, indexes: list[str], connections: int = 2) -> None:
+    """Build the indexes, `connections` at a time (Postgres sorts each on one core)."""
+    queue = list(reversed(indexes))
+
+    async def builder() -> None:
+        conn = await db.connect(database_url)
+        try:
+            await conn.execute("SET maintenance_work_mem = '256MB'")
+            while queue:
+                await conn.execute(queue.pop())
+        finally:
+            await conn.close()
+
+    await asyncio.gather(*(builder() for _ in range(min(connections, len(indexes)))))
+
+
+async def _drop_secondary_indexes(conn: asyncpg.Connection, schema: str, tables: list[str]) -> list[str]:
+    """Drop the indexes of `tables` that back no constraint; return their definitions, to build later."""
+    rows = await conn.fetch(
+        "SELECT i.indexname, i.indexdef FROM pg_indexes i WHERE i.schemaname = $1 AND i.tablename = ANY($2) "
+        "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname "
+        "AND c.connamespace = $1::regnamespace)", schema, tables)
+    for row in rows:
+        await conn.execute(f'DROP INDEX "{schema}"."{row["indexname"]}"')
+    return [row["indexdef"] for row in rows]
 
 
 async def _finish(conn: asyncpg.Connection, finisher: Projector, schema: str, old: str, topics: list[str],

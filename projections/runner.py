@@ -2,11 +2,20 @@
 
 Each batch is one transaction holding the rows *and* the next offset of every partition it read,
 so a projector killed at any point resumes exactly where its last commit left off. Kafka's own
-committed offsets are never used for this; they are only updated so that lag is visible to tools.
+committed offsets are never used for this; they are only updated so that lag is visible to tools,
+in the background, at most once a second.
+
+The transactions commit with `synchronous_commit = off`: the projector does not wait for the WAL
+flush. If Postgres itself crashes, the last few hundred milliseconds of commits may be lost, but
+their rows and their offsets are lost together, so the projector simply projects that tail again
+from Kafka (the log is the truth; the tables are a cache of it). A Postgres crash can therefore
+briefly take back a row a reader saw; nothing is lost for good.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from types import ModuleType
@@ -24,6 +33,16 @@ log = logging.getLogger(__name__)
 PROJECTIONS: tuple[ModuleType, ...] = (files, jobs, services, tasks, works)
 GROUP = "skyjobs-projector"
 NOTIFY_CHANNEL = "skyjobs_projection"
+KAFKA_COMMIT_INTERVAL = 1.0  # seconds between Kafka offset commits (lag reporting only)
+
+_STORE_OFFSETS = """
+WITH stored AS (
+    INSERT INTO projector_offsets (topic, partition, next_offset)
+    SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[])
+    ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset
+)
+SELECT pg_notify($4, '')
+"""
 
 
 class _SeekToStored(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -54,6 +73,13 @@ class Projector:
             self.by_topic |= {p.TOPIC: p for p in PROJECTIONS}
         self.pool: asyncpg.Pool | None = None
         self.consumer: AIOKafkaConsumer | None = None
+        self._to_commit: dict[TopicPartition, int] = {}  # projected, not yet committed to Kafka
+
+    async def prepare_connection(self, conn: asyncpg.Connection) -> None:
+        """The staging tables of the projections that COPY big batches (projections/batch.py)."""
+        for projection in self.projections:
+            if hasattr(projection, "STAGING"):
+                await conn.execute(projection.STAGING)
 
     async def seek(self, assigned: Any) -> None:
         assert self.pool is not None and self.consumer is not None
@@ -68,7 +94,7 @@ class Projector:
 
     async def run(self) -> None:
         self.pool = await db.create_pool(self.database_url, min_size=1, max_size=2, search_path=self.search_path,
-                                         settings=self.settings)
+                                         settings=self.settings, bulk=True, setup=self.prepare_connection)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap,
             group_id=self.group,
@@ -81,18 +107,59 @@ class Projector:
         self.consumer.subscribe(list(self.by_topic), listener=_SeekToStored(self))
         await self.consumer.start()
         log.info("projector consuming %s", ", ".join(self.by_topic))
+        committer = asyncio.ensure_future(self._commit_to_kafka())
         try:
             while True:
                 batch = await self.consumer.getmany(timeout_ms=500, max_records=self.batch_size)
                 if batch:
                     await self.project(batch)
         finally:
+            committer.cancel()
+            with contextlib.suppress(BaseException):
+                await committer
             await self.consumer.stop()
             await self.pool.close()
 
+    async def _commit_to_kafka(self) -> None:
+        """Kafka's committed offsets, for lag tools only: never waited for by a batch."""
+        assert self.consumer is not None
+        try:
+            while True:
+                await asyncio.sleep(KAFKA_COMMIT_INTERVAL)
+                await self._commit_now()
+        finally:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._commit_now(), 2)
+
+    async def _commit_now(self) -> None:
+        if not self._to_commit or self.consumer is None:
+            return
+        offsets, self._to_commit = self._to_commit, {}
+        assigned = self.consumer.assignment()
+        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
+        try:
+            if offsets:
+                await self.consumer.commit(offsets)
+        except Exception as exc:  # Postgres holds the truth
+            log.debug("kafka offset commit failed: %r", exc)
+
     async def project(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        assert self.pool is not None and self.consumer is not None
+        """Fold one batch into Postgres (rows and offsets in one transaction)."""
+        try:
+            next_offsets = await self._project(batch, careful=False)
+        except asyncpg.UniqueViolationError:
+            # Another projector wrote some of these positions first (both started a partition that had
+            # no stored offset yet): the transaction is gone; write the batch again, skipping what exists.
+            log.info("event log positions written concurrently; projecting the batch again")
+            next_offsets = await self._project(batch, careful=True)
+        for topic, partition, offset in next_offsets:
+            self._to_commit[TopicPartition(topic, partition)] = offset
+
+    async def _project(self, batch: dict[TopicPartition, list[Any]], careful: bool) -> list[tuple[str, int, int]]:
+        assert self.pool is not None
         async with self.pool.acquire() as conn, conn.transaction():
+            # Not waiting for the WAL flush is safe: rows and offsets are lost together (module docstring).
+            await conn.execute("SET LOCAL synchronous_commit = off")
             keys = [(tp.topic, tp.partition) for tp in batch]
             rows = await conn.fetch(
                 "SELECT topic, partition, next_offset FROM projector_offsets "
@@ -117,22 +184,15 @@ class Projector:
                         log.error("skipping undecodable event %s@%s: %s", tp, record.offset, exc)
                 next_offsets.append((tp.topic, tp.partition, fresh[-1].offset + 1))
             if not next_offsets:
-                return
+                return []
             for projection in self.projections:
                 if per_topic.get(projection.TOPIC):
                     await projection.write(conn, per_topic[projection.TOPIC])
             if logged and self.log_events:
-                await event_log.write(conn, logged)
-            await conn.executemany(
-                "INSERT INTO projector_offsets (topic, partition, next_offset) VALUES ($1, $2, $3) "
-                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset",
-                next_offsets,
-            )
-            await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-        try:
-            await self.consumer.commit({TopicPartition(t, p): o for t, p, o in next_offsets})
-        except Exception as exc:  # only for lag reporting; Postgres holds the truth
-            log.debug("kafka offset commit failed: %r", exc)
+                await event_log.write(conn, logged, careful=careful)
+            topics, partitions, offsets = zip(*next_offsets, strict=True)
+            await conn.execute(_STORE_OFFSETS, list(topics), list(partitions), list(offsets), NOTIFY_CHANNEL)
+        return next_offsets
 
 
 async def run_projector(bootstrap: str, database_url: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -18,6 +19,17 @@ _LOCK_ID = 0x5B1_0B5  # advisory lock: one migrator at a time
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await conn.set_type_codec("jsonb", encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads,
                               schema="pg_catalog")
+
+
+def _jsonb_binary(value: object) -> bytes:
+    # jsonb's binary form is a version byte and the JSON text; bytes are taken as JSON text already.
+    return b"\x01" + (value if isinstance(value, bytes) else orjson.dumps(value))
+
+
+async def _init_bulk_connection(conn: asyncpg.Connection) -> None:
+    """jsonb in binary (COPY needs it): Python values as JSON, bytes as JSON text already encoded."""
+    await conn.set_type_codec("jsonb", encoder=_jsonb_binary, decoder=lambda v: orjson.loads(v[1:]),
+                              schema="pg_catalog", format="binary")
 
 
 async def connect(url: str, timeout: float = 60) -> asyncpg.Connection:
@@ -35,10 +47,20 @@ async def connect(url: str, timeout: float = 60) -> asyncpg.Connection:
 
 
 async def create_pool(url: str, min_size: int = 2, max_size: int = 10, search_path: str | None = None,
-                      settings: dict[str, str] | None = None) -> asyncpg.Pool:
+                      settings: dict[str, str] | None = None, bulk: bool = False,
+                      setup: Callable[[asyncpg.Connection], Awaitable[None]] | None = None) -> asyncpg.Pool:
+    """A pool; `bulk` (the projector's) encodes jsonb in binary so that rows can be COPYed; `setup`
+    runs once on every new connection (e.g. to create temporary tables)."""
     await (await connect(url)).close()  # waits until Postgres answers
     settings = {**(settings or {}), **({"search_path": search_path} if search_path else {})} or None
-    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=_init_connection,
+    codecs = _init_bulk_connection if bulk else _init_connection
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await codecs(conn)
+        if setup is not None:
+            await setup(conn)
+
+    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=init,
                                      server_settings=settings)
     assert pool is not None
     return pool

@@ -19,6 +19,7 @@ from services.api import files, history, jobs, metrics, pipelines, proxy, stream
 from services.api.errors import ApiError, MethodNotAllowed, NotFound, json_response
 from services.api.freshness import ProjectionWatch
 from services.api.openapi import DOCUMENT
+from services.api.tail import EventTail
 from services.blobs import LocalBlobStore
 from services.config import Config
 from services.kafka import CommandBus
@@ -78,14 +79,18 @@ def create_app(config: Config) -> Starlette:
         await app.state.watch.start()
         app.state.bus = CommandBus(config.kafka_bootstrap, config.kafka_timeout)
         await app.state.bus.start()
-        app.state.proxy = await proxy.start(config)
-        app.state.tail = stream.EventTail(config.kafka_bootstrap, tuple(p.TOPIC for p in PROJECTIONS), app.state.pool)
+        # One tail of the event topics per process, for the live streams and the proxy's answers.
+        app.state.tail = EventTail(config.kafka_bootstrap, tuple(p.TOPIC for p in PROJECTIONS))
         await app.state.tail.start()
+        app.state.fanout = stream.Fanout(app.state.tail, app.state.pool)
+        app.state.fanout.start()
+        app.state.proxy = await proxy.start(config, app.state.tail)
         try:
             yield
         finally:
-            await app.state.tail.stop()
             await proxy.stop(app.state.proxy)
+            await app.state.fanout.stop()
+            await app.state.tail.stop()
             await app.state.bus.stop()
             await app.state.watch.stop()
             await app.state.pool.close()

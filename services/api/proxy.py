@@ -9,8 +9,8 @@
     DELETE /services/{instance_id}     remove an instance (admin)
 
 Registry reads come from the `services` projection, except add_task's hot path, which reads the
-registry folded from Kafka by this process (`RegistryView`) and waits for answers on its own tail
-of the task events (`TaskWatch`).
+registry folded from Kafka by this process (`RegistryView`) and waits for answers on the process's
+tail of the event topics (`TaskWatch`, following `tail.EventTail`).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from services.api.errors import (
     json_response,
 )
 from services.api.requests import authenticate, only_fields, parse_uuid, read_json
+from services.api.tail import EventTail
 from services.api.task_watch import Ending, TaskWatch
 from services.config import Config, User
 from services.kafka import BrokerUnavailable, CommandBus
@@ -75,11 +76,12 @@ class ProxyState:
     bus: CommandBus  # tasks only: no linger (the job API's bus waits 1 ms to batch; add_task is latency-bound)
 
 
-async def start(config: Config) -> ProxyState:
-    state = ProxyState(RegistryView(config.kafka_bootstrap), TaskWatch(config.kafka_bootstrap), InstanceClient(),
+async def start(config: Config, tail: EventTail) -> ProxyState:
+    """The proxy's parts; `tail` (started) is the process's tail of the event topics."""
+    state = ProxyState(RegistryView(config.kafka_bootstrap), TaskWatch(), InstanceClient(),
                        CommandBus(config.kafka_bootstrap, config.kafka_timeout, linger_ms=0))
     await state.view.start()
-    await state.tasks.start()
+    state.tasks.attach(tail)
     await state.bus.start()
     return state
 
@@ -87,7 +89,7 @@ async def start(config: Config) -> ProxyState:
 async def stop(state: ProxyState) -> None:
     await state.bus.stop()
     await state.client.close()
-    await state.tasks.stop()
+    state.tasks.detach()
     await state.view.stop()
 
 

@@ -1,7 +1,7 @@
-"""The API's tail of `skyjobs.task-events`: answers for waiting add_task calls, and queue lengths.
+"""What the API learns from `skyjobs.task-events`: answers for waiting add_task calls, and queue lengths.
 
-Every API process reads every partition from the end it found at start, outside any consumer group.
-That gives it three things without asking Postgres:
+It follows the process's event tail (tail.py: every partition from the end found at start, outside
+any consumer group). That gives it three things without asking Postgres:
 
 - the ending (answered or failed) of a task an add_task call waits for, one Kafka hop after the
   router wrote it (the projector's NOTIFY would add a batch and a query);
@@ -16,17 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 
 import msgspec
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 
 from events.codec import DecodeError, decode_event
 from events.tasks import TERMINAL_TYPES, TaskAnswered, TaskFailed
 from events.topics import TASK_EVENTS
-from services.proxy.view import all_partitions
+from services.api.tail import Batch, EventTail
 
 log = logging.getLogger(__name__)
 
@@ -46,42 +44,22 @@ _peek = msgspec.json.Decoder(_Peek)
 
 
 class TaskWatch:
-    def __init__(self, bootstrap: str) -> None:
-        self.bootstrap = bootstrap
+    def __init__(self) -> None:
         self.waiters: dict[str, asyncio.Future[Ending]] = {}
         self.pending: dict[str, int] = {}  # task id -> service id: submitted, not ended
         self.outstanding: Counter[int] = Counter()
         self.recent: OrderedDict[str, bytes] = OrderedDict()  # task id -> its ending, encoded
         self._recent_bytes = 0
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._unfollow: Callable[[], None] | None = None
 
-    async def start(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                        fetch_max_wait_ms=100, max_partition_fetch_bytes=4 * 1024 * 1024)
-            try:
-                await consumer.start()
-                tps = await all_partitions(consumer, TASK_EVENTS, deadline)
-                # Explicit offsets, not seek_to_end (resolved lazily at the first fetch): every task
-                # this process submits from now on is after them.
-                for tp, end in (await consumer.end_offsets(tps)).items():
-                    consumer.seek(tp, end)
-                break
-            except KafkaError:
-                await consumer.stop()
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
-        self._consumer = consumer
-        self._task = asyncio.ensure_future(self._run())
+    def attach(self, tail: EventTail) -> None:
+        """Follow the tail (started: every task submitted from now on is after its positions)."""
+        self._unfollow = tail.follow(self._on_batch)
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        if self._consumer is not None:
-            await self._consumer.stop()
+    def detach(self) -> None:
+        if self._unfollow is not None:
+            self._unfollow()
+            self._unfollow = None
 
     def admit(self, task_id: str, service_id: int, limit: int) -> bool:
         """Count a task about to be submitted, unless its service has `limit` outstanding already."""
@@ -129,16 +107,9 @@ class TaskWatch:
             _, dropped = self.recent.popitem(last=False)
             self._recent_bytes -= len(dropped)
 
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            try:
-                batch = await self._consumer.getmany(timeout_ms=1000, max_records=5000)
-            except KafkaError as exc:
-                log.warning("task watch: %r; retrying", exc)
-                await asyncio.sleep(1)
-                continue
-            for records in batch.values():
+    def _on_batch(self, batch: Batch) -> None:
+        for (topic, _), records in batch.items():
+            if topic == TASK_EVENTS:
                 for record in records:
                     self._on_record(record.value)
 

@@ -128,3 +128,53 @@ async def test_an_old_event_version_in_the_log_is_upcast_when_read(stack: Stack,
     (event,) = history["events"]
     assert event["type"] == "file.stored.v1" and event["data"]["owner"] == "alice"  # the log itself is unchanged
     assert (await alice.get(f"/api/files/{file_id}")).status_code == 410  # known (upcast), bytes never stored
+
+
+async def test_sse_burst_shared_by_subscribers_resumes_mid_write_exactly(stack: Stack) -> None:
+    """Events arrive many to a write; a client that stops halfway through one and resumes from the last
+    id it read gets exactly the rest, and a second client with the same filter gets every event once."""
+    from aiokafka import AIOKafkaProducer
+
+    from events.base import new_id, utcnow
+    from events.codec import encode
+    from events.jobs import JobHeartbeat
+    from events.topics import JOB_EVENTS
+
+    marker = f"burst-{new_id()}"  # an executor id only this test's events carry
+    params = {"type": "job.heartbeat-recorded.v1"}
+
+    async def mine(response: httpx.Response, count: int) -> list[dict[str, str]]:
+        received: list[dict[str, str]] = []
+        async for event in _events(response):
+            if orjson.loads(event["data"])["executor_id"] == marker:
+                received.append(event)
+                if len(received) >= count:
+                    break
+        return received
+
+    total = 400
+    async with stack.client("admin") as first, stack.client("admin") as second, \
+            first.stream("GET", "/api/stream", params=params) as one, \
+            second.stream("GET", "/api/stream", params=params) as other:
+        producer = AIOKafkaProducer(bootstrap_servers=stack.infra.kafka_bootstrap, linger_ms=5)
+        await producer.start()
+        sent = []
+        try:
+            for _ in range(total):
+                job_id = new_id()
+                event = JobHeartbeat(event_id=new_id(), stream_id=job_id, sequence=2, occurred_at=utcnow(),
+                                     correlation_id=job_id, executor_id=marker, attempt=1)
+                sent.append(event.event_id)
+                await producer.send(JOB_EVENTS, encode(event), key=job_id.encode())
+            await producer.flush()
+        finally:
+            await producer.stop()
+        head = await asyncio.wait_for(mine(one, 150), 30)  # then this client goes away mid-stream
+        everything = await asyncio.wait_for(mine(other, total), 30)
+    async with stack.client("admin") as again, again.stream(
+            "GET", "/api/stream", params=params, headers={"Last-Event-ID": head[-1]["id"]}) as resumed:
+        rest = await asyncio.wait_for(mine(resumed, total - 150), 30)
+    ids = [orjson.loads(e["data"])["event_id"] for e in head + rest]
+    assert len(ids) == len(set(ids)) == total and set(ids) == set(sent)
+    assert sorted(orjson.loads(e["data"])["event_id"] for e in everything) == sorted(sent)
+    assert [e["id"] for e in everything[:150]] == [e["id"] for e in head]  # the same ids for the same events

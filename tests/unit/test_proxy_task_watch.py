@@ -24,7 +24,7 @@ def answered(task_id: str) -> bytes:
 
 
 async def test_queue_counts_across_api_processes_and_waiters() -> None:
-    watch = TaskWatch("unused:9092")
+    watch = TaskWatch()
     mine, theirs = new_id(), new_id()
     assert watch.admit(mine, 7, limit=2)
     waiter = watch.expect(mine)
@@ -40,7 +40,7 @@ async def test_queue_counts_across_api_processes_and_waiters() -> None:
 
 
 async def test_an_abandoned_submission_is_uncounted_and_endings_of_unknown_tasks_are_harmless() -> None:
-    watch = TaskWatch("unused:9092")
+    watch = TaskWatch()
     task_id = new_id()
     assert watch.admit(task_id, 1, limit=1)
     watch.abandon(task_id)

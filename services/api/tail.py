@@ -1,0 +1,138 @@
+"""The API process's one tail of the event topics: a Kafka consumer outside any group, from the end.
+
+Every API process reads every partition of the event topics from the end it found at start, and
+hands each fetched batch, in order, to whoever follows it: the live streams (stream.py), the
+add_task answers and queue counts (task_watch.py). One consumer instead of one per use: the
+records are fetched once. The broker answers a fetch as soon as a record arrives, so a follower
+sees a record one fetch after it was written, whatever `fetch_max_wait_ms` (the idle poll) is.
+
+    tail = EventTail(bootstrap, topics)
+    await tail.start()
+    stop = tail.follow(lambda batch: ...)          # every batch: {(topic, partition): [records]}
+    queue = tail.subscribe(TOPIC, lambda raw: ...)  # the values of one topic's records that match
+    ...
+    tail.unsubscribe(queue); stop()
+
+Followers are called synchronously on the tail's task: they must not block (queue work for later).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+log = logging.getLogger(__name__)
+
+Position = tuple[str, int]
+Batch = dict[Position, list[Any]]  # (topic, partition) -> aiokafka ConsumerRecords, in offset order
+Follower = Callable[[Batch], None]
+SUBSCRIPTION_QUEUE = 10_000  # records a subscriber may leave unread; more are dropped (and logged)
+
+
+class EventTail:
+    def __init__(self, bootstrap: str, topics: tuple[str, ...]) -> None:
+        self.bootstrap = bootstrap
+        self.topics = topics
+        self.order: list[Position] = []  # every partition, sorted: the shape of a position vector
+        self.positions: dict[Position, int] = {}  # the next offset of every partition, once handed on
+        self._followers: list[Follower] = []
+        self._subscriptions: dict[asyncio.Queue[bytes], tuple[str, Callable[[bytes], bool]]] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                                        fetch_max_wait_ms=500, max_partition_fetch_bytes=4 * 1024 * 1024)
+            try:
+                await consumer.start()
+                tps = await self._partitions(consumer, deadline)
+                # Explicit offsets, not seek_to_end (resolved lazily at the first fetch): every record
+                # written from now on is after them.
+                for tp, end in (await consumer.end_offsets(tps)).items():
+                    consumer.seek(tp, end)
+                    self.positions[(tp.topic, tp.partition)] = end
+                break
+            except KafkaError:
+                await consumer.stop()
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+        self.order = sorted(self.positions)
+        self._consumer = consumer
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _partitions(self, consumer: AIOKafkaConsumer, deadline: float) -> list[TopicPartition]:
+        consumer.subscribe(list(self.topics))  # without a group: every partition is assigned to it
+        while True:
+            tps = sorted(consumer.assignment())
+            if {tp.topic for tp in tps} == set(self.topics):
+                return tps
+            if time.monotonic() > deadline:
+                raise KafkaError(f"topics {', '.join(self.topics)} have no partitions (run `skyjobs setup`)")
+            await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._consumer is not None:
+            with contextlib.suppress(Exception):
+                await self._consumer.stop()
+
+    def follow(self, follower: Follower) -> Callable[[], None]:
+        """Call `follower` with every batch from now on; returns the function that stops it."""
+        self._followers.append(follower)
+        return lambda: self._followers.remove(follower)
+
+    def subscribe(self, topic: str, predicate: Callable[[bytes], bool]) -> asyncio.Queue[bytes]:
+        """A queue of the values of `topic`'s records from now on for which `predicate(value)` holds."""
+        queue: asyncio.Queue[bytes] = asyncio.Queue(SUBSCRIPTION_QUEUE)
+        self._subscriptions[queue] = (topic, predicate)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[bytes]) -> None:
+        self._subscriptions.pop(queue, None)
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                fetched = await self._consumer.getmany(timeout_ms=1000, max_records=5000)
+            except KafkaError as exc:
+                log.warning("event tail: %r; retrying", exc)
+                await asyncio.sleep(1)
+                continue
+            batch = {(tp.topic, tp.partition): records for tp, records in fetched.items() if records}
+            if batch:
+                self.hand_on(batch)
+
+    def hand_on(self, batch: Batch) -> None:
+        """Advance the positions past `batch` and give it to the followers and subscribers."""
+        for tp, records in batch.items():
+            self.positions[tp] = records[-1].offset + 1
+        for follower in list(self._followers):
+            try:
+                follower(batch)
+            except Exception:
+                log.exception("event tail: a follower failed")
+        for queue, (topic, predicate) in list(self._subscriptions.items()):
+            for (t, _), records in batch.items():
+                if t != topic:
+                    continue
+                for record in records:
+                    if predicate(record.value):
+                        try:
+                            queue.put_nowait(record.value)
+                        except asyncio.QueueFull:
+                            log.warning("event tail: a subscriber of %s is %d records behind; dropped one",
+                                        topic, SUBSCRIPTION_QUEUE)

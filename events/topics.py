@@ -31,9 +31,7 @@ TASK_EVENTS = "skyjobs.task-events"
 # Created up front with the partition count of the job topics: faust creating them itself at
 # start-up races its own partition assignment.
 JOB_STATE_CHANGELOG = "skyjobs-jobs-jobs-changelog"
-ACTIVE_JOBS_CHANGELOG = "skyjobs-jobs-active-jobs-changelog"
 WORKS_CHANGELOG = "skyjobs-jobs-works-changelog"
-WORK_SCHEDULE_CHANGELOG = "skyjobs-jobs-work-schedule-changelog"
 
 # Pipelines (seed 002): specs (key = name), runs and their steps (key = run id), and the work in
 # flight: tokens (key = run id + token id, spread over partitions) and arrivals at joiners (key = run id).
@@ -57,11 +55,9 @@ TOPICS = (
     TopicSpec(SERVICE_EVENTS),
     TopicSpec(TASK_EVENTS),
     TopicSpec(JOB_STATE_CHANGELOG, compacted=True),
-    TopicSpec(ACTIVE_JOBS_CHANGELOG, compacted=True),
     TopicSpec(WORK_COMMANDS, retention_ms=7 * 24 * 3600 * 1000),
     TopicSpec(WORK_EVENTS),
     TopicSpec(WORKS_CHANGELOG, compacted=True),
-    TopicSpec(WORK_SCHEDULE_CHANGELOG, compacted=True),
     TopicSpec(PIPELINE_COMMANDS, retention_ms=7 * _DAY),
     TopicSpec(PIPELINE_EVENTS),
     TopicSpec(PIPELINE_RUNS),

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from infra.local import free_port
+from services.cli import PROCESSES
 from services.supervisor import Supervisor
 from tests.infra_fixtures import Infra, running_infra
 
@@ -111,7 +112,7 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
         setup = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", "setup",
                                                      env={**os.environ, **env})
         assert await setup.wait() == 0, "skyjobs setup failed"
-        for name in ("projector", "worker", "router", "pipelines", "api"):
+        for name in PROCESSES:
             await stack.start(name)
 
         async def healthy() -> bool:

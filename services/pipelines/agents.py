@@ -1,20 +1,22 @@
-"""The pipeline workers: a faust app ("skyjobs-pipelines") run by `skyjobs pipelines`, one or many.
+"""The pipeline workers: `skyjobs pipelines`, one or many (a faust app, "skyjobs-pipelines").
 
-    API ── pipeline.continue (the run's first token) ──> skyjobs.pipeline-work ──work agent──> steps (HTTP)
-                          ^                                                        │
-                          └──── forked tokens (key: run + token: spread) ──────────┤
-    skyjobs.pipeline-parts <── pipeline.arrive (key: run) ─────────────────────────┤
-       └──parts agent: joiners and the run's end, table "pipeline-joins"           │
+    API ── pipeline.continue (the run's first token) ──> skyjobs.pipeline-work ──work consumer──> steps (HTTP)
+                          ^                                                          │
+                          └──── forked tokens (key: run + token: spread) ────────────┤
+    skyjobs.pipeline-parts <── pipeline.arrive (key: run) ───────────────────────────┤
+       └──parts agent: joiners and the run's end, faust table "pipeline-joins"       │
                 └──> joined token (pipeline-work), pipeline.run-ended ──> skyjobs.pipeline-runs ──> API
-    skyjobs.pipeline-steps <── step-requested / step-responded ─────────────────────┘
-    skyjobs.pipeline-commands ──spec agent (table "pipeline-specs")──> skyjobs.pipeline-events
+    skyjobs.pipeline-steps <── step-requested / step-responded ───────────────────────┘
+    skyjobs.pipeline-commands ──spec agent (faust table "pipeline-specs")──> skyjobs.pipeline-events
 
-Work agent: a token's message stays unacknowledged until everything it led to is in Kafka, so a
-worker that dies mid-run leaves the token to the next owner of its partition, which runs it again.
-Before an unsafe request the token's entry in the table "pipeline-journal" records it (durably);
-the next owner then knows what may have been sent (services/pipelines/executor.py). A token that
-did unsafe requests is marked done in the journal before it is acknowledged, so a redelivered copy
-is skipped. Forked children whose key lands on the partition being worked run here at once.
+Work consumer (a plain aiokafka group, services/consumer.py; faust's fetcher cost a millisecond a
+hop and most of the throughput, measured in BENCHMARKS.md): a token's message stays unacknowledged
+until everything it led to is in Kafka, so a worker that dies mid-run leaves the token to the next
+owner of its partition, which runs it again. Before a token attempt's first unsafe request the
+journal (services/pipelines/journal.py) records it, durably; the next owner then knows what may
+have been sent (services/pipelines/executor.py). A token that made unsafe requests is marked done
+before it is acknowledged, so a redelivered copy is skipped. Forked children whose key lands on the
+partition being worked run here at once.
 
 Parts agent: the arrivals at one accounting point are kept in the table until their credits add
 up to 1 (services/pipelines/flow.py), then joined; a duplicate arrival is recognised by its token
@@ -129,6 +131,7 @@ class Worker:
         self.runs = Runs()
         self.bodies = Bodies(LocalBlobStore(config.blob_dir), settings.inline_limit, self._publish_file)
         self.producer: AIOKafkaProducer | None = None
+        self.audit: AIOKafkaProducer | None = None
         self.journal: JournalStore | None = None
         self.running: set[str] = set()
         self.in_flight: dict[int, set[asyncio.Task[None]]] = {}  # work partition -> its tokens running
@@ -138,33 +141,43 @@ class Worker:
 
     async def start(self) -> None:
         async with self._starting:
-            while self.producer is None:
-                producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap, acks="all",
-                                            enable_idempotence=True, linger_ms=0, max_batch_size=512 * 1024,
-                                            max_request_size=4 * 1024 * 1024)
+            while self.producer is None or self.audit is None:
                 try:
-                    await producer.start()
+                    # Two connections: what a run waits for (tokens, arrivals, its end, the journal) never
+                    # queues behind the audit events (step requests and responses) on the way to the broker.
+                    self.producer = self.producer or await self._producer(linger_ms=0)
+                    self.audit = self.audit or await self._producer(linger_ms=2)
                 except Exception as exc:
-                    await producer.stop()
                     log.warning("pipelines: Kafka not there yet (%r); retrying", exc)
                     await asyncio.sleep(1)
-                    continue
-                self.producer = producer
-                self.journal = JournalStore(self.config.kafka_bootstrap, self.partitions, producer)
+            if self.journal is None:
+                self.journal = JournalStore(self.config.kafka_bootstrap, self.partitions, self.producer)
+
+    async def _producer(self, linger_ms: int) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap, acks="all", enable_idempotence=True,
+                                    linger_ms=linger_ms, max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
 
     async def stop(self) -> None:
-        if self.producer is not None:
-            await self.producer.stop()
+        for producer in (self.producer, self.audit):
+            if producer is not None:
+                await producer.stop()
         transport = self.executor.transport
         if isinstance(transport, HttpTransport):
             await transport.close()
 
-    async def send(self, topic: str, key: str, value: bytes) -> asyncio.Future[Any]:
+    async def send(self, topic: str, key: str, value: bytes, audit: bool = False) -> asyncio.Future[Any]:
         """Produce; returns the future of Kafka's acknowledgement."""
-        if self.producer is None:
+        if self.producer is None or self.audit is None:
             await self.start()
-        assert self.producer is not None
-        future: asyncio.Future[Any] = await self.producer.send(topic, value, key=key.encode())
+        producer = self.audit if audit else self.producer
+        assert producer is not None
+        future: asyncio.Future[Any] = await producer.send(topic, value, key=key.encode())
         return future
 
     async def _publish_file(self, event: FileStored) -> None:
@@ -297,7 +310,7 @@ class Worker:
                                     token.message if part.outcome == "message" else None, part.outcome != "notice"))
         joins.pop(tally_key.encode(), None)
         joined = joined_token(arrivals, arrive.point)
-        deliveries = [await self.send(PIPELINE_RUNS, run_id, encode_event(RunJoined(
+        deliveries = [await self.send(PIPELINE_RUNS, run_id, audit=True, value=encode_event(RunJoined(
             **self.meta(run), token_id=joined.token_id, point=arrive.point, kind=arrive.kind,
             parts=len(arrivals), messages=sum(1 for a in arrivals if a.message is not None),
             user_id=self.owner(run) or None)))]
@@ -393,7 +406,7 @@ class KafkaSink:
 
     async def emit(self, topic: str, event: Any) -> None:
         """Send an event without waiting for Kafka (`flush` waits for all of them)."""
-        self.pending.append(await self.worker.send(topic, self.run.run_id, encode_event(event)))
+        self.pending.append(await self.worker.send(topic, self.run.run_id, encode_event(event), audit=True))
 
     async def _send(self, topic: str, key: str, value: bytes) -> None:
         self.pending.append(await self.worker.send(topic, key, value))

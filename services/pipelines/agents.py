@@ -574,7 +574,13 @@ class WorkConsumer(AckingConsumer):
 
     async def on_assigned(self, tps: list[Any], ends: dict[Any, int]) -> None:
         assert self.worker.journal is not None
-        await self.worker.journal.restore([tp.partition for tp in tps])
+        while True:  # the partitions' tokens wait for their journal: it must be read, whatever it takes
+            try:
+                await self.worker.journal.restore([tp.partition for tp in tps])
+                return
+            except Exception as exc:
+                log.warning("reading the journal of %s failed (%r); retrying", sorted(tps), exc)
+                await asyncio.sleep(1)
 
     def on_revoked(self, tps: set[Any]) -> None:
         assert self.worker.journal is not None
@@ -593,6 +599,8 @@ class WorkConsumer(AckingConsumer):
         if key in worker.running:  # a copy of a token this worker is running: that one will finish it
             message.ack()
             return
+        assert worker.journal is not None
+        await worker.journal.wait_ready(message.tp.partition)
         await worker.slots.acquire()
         worker.running.add(key)
         task = asyncio.ensure_future(self._run(command, message, key))

@@ -40,6 +40,12 @@ class JournalStore:
         self.partitions = partitions
         self.producer = producer
         self.entries: dict[int, dict[str, dict[str, Any]]] = {}  # partition -> key -> entry
+        # A partition's tokens may be fetched while its journal is still being read (aiokafka fetches
+        # a new assignment while the rebalance listener runs): they wait for this.
+        self.ready: dict[int, asyncio.Event] = {}
+
+    async def wait_ready(self, partition: int) -> None:
+        await self.ready.setdefault(partition, asyncio.Event()).wait()
 
     def get(self, key: str) -> dict[str, Any] | None:
         return self.entries.get(partition_of(key, self.partitions), {}).get(key)
@@ -54,6 +60,8 @@ class JournalStore:
         if not partitions:
             return
         started = time.monotonic()
+        for p in partitions:
+            self.ready.setdefault(p, asyncio.Event()).clear()
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
         await consumer.start()
         try:
@@ -84,6 +92,8 @@ class JournalStore:
                         remaining.pop(tp, None)
             log.info("journal: %d entries of partitions %s read in %.2f s", count, partitions,
                      time.monotonic() - started)
+            for p in partitions:
+                self.ready[p].set()
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
@@ -91,6 +101,7 @@ class JournalStore:
     def forget(self, partitions: list[int]) -> None:
         for p in partitions:
             self.entries.pop(p, None)
+            self.ready.pop(p, None)
 
     async def sweep(self, now: float | None = None) -> int:
         """Remove the entries of runs long over (tombstones, so compaction drops them)."""

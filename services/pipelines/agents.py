@@ -160,10 +160,10 @@ class Worker:
             if self.journal is None or self.joins is None:
                 n, bootstrap = self.partitions, self.config.kafka_bootstrap
                 self.journal = ChangelogTable(bootstrap, PIPELINE_JOURNAL, n, self.producer,
-                                              lambda key: partition_of(key, n))
+                                              lambda key: partition_of(key, n), journals.expires)
                 # keyed "<run id>|<point>[|<part>]": a run's joins live in its partition of pipeline-parts
                 self.joins = ChangelogTable(bootstrap, PIPELINE_JOINS, n, self.producer,
-                                            lambda key: partition_of(key.split(b"|", 1)[0], n))
+                                            lambda key: partition_of(key.split(b"|", 1)[0], n), point_due)
 
     async def _producer(self, linger_ms: int) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap, acks="all", enable_idempotence=True,
@@ -296,10 +296,10 @@ class Worker:
         else:
             joins[f"{tally_key}|{part_id}".encode()] = raw
         if not point.complete:
-            joins[tally_key.encode()] = orjson.dumps({"kind": arrive.kind, "level": arrive.level,
-                                                      "credit": str(point.credit), "received": sorted(point.received),
-                                                      "deadline": w.deadline, "owner": self.owner(run),
-                                                      "last_order": point.last_order})
+            joins.set(tally_key.encode(), orjson.dumps({
+                "kind": arrive.kind, "level": arrive.level, "credit": str(point.credit),
+                "received": sorted(point.received), "deadline": w.deadline, "owner": self.owner(run),
+                "last_order": point.last_order}), due=w.deadline + 1.0)
             return
         if arrive.point == END:
             last_raw = joins.get(f"{tally_key}|last".encode())
@@ -351,8 +351,8 @@ class Worker:
 
     async def _end(self, run: Run, result: Message, joins: Any, end_key: str) -> None:
         joins.pop(f"{end_key}|last".encode(), None)
-        joins[end_key.encode()] = orjson.dumps({"ended": True, "deadline": run.deadline, "kind": END, "level": 0,
-                                                "owner": self.owner(run)})
+        joins.set(end_key.encode(), orjson.dumps({"ended": True, "deadline": run.deadline, "kind": END, "level": 0,
+                                                  "owner": self.owner(run)}), due=run.deadline + ENDED_KEPT)
         event = await self.ended_event(run.run_id, run.correlation_id, self.owner(run), result, run.next_sequence())
         await (await self.send(PIPELINE_RUNS, run.run_id, encode_event(event)))
 
@@ -377,7 +377,8 @@ class Worker:
             owner = str((state or {}).get("owner", ""))
             for key in [k for k in list(joins.keys()) if k.decode().startswith(prefix)]:
                 joins.pop(key, None)
-            joins[end_key.encode()] = orjson.dumps({"ended": True, "deadline": deadline, "kind": END, "level": 0})
+            joins.set(end_key.encode(), orjson.dumps({"ended": True, "deadline": deadline, "kind": END, "level": 0}),
+                      due=float(deadline) + ENDED_KEPT)
             event = await self.ended_event(run_id, arrive.correlation_id or run_id, owner, error_message(504, text),
                                            1_000_000)
             await (await self.send(PIPELINE_RUNS, run_id, encode_event(event)))
@@ -389,13 +390,10 @@ class Worker:
     async def sweep(self, joins: Any) -> None:
         """Send `expired` for the points of this worker's partitions whose run is past its deadline."""
         now = time.time()
-        for raw_key, raw in list(joins.items()):
+        for raw_key in joins.due(now):
             key = raw_key.decode()
-            if key.count("|") != 1:
-                continue
-            state = _load(raw) or {}
-            due = float(state.get("deadline", now)) + (ENDED_KEPT if state.get("ended") else 1.0)
-            if now < due or self.swept.get(key, 0) > now - 5:
+            state = _load(joins.get(raw_key)) or {}
+            if self.swept.get(key, 0) > now - 5:
                 continue
             self.swept[key] = now
             run_id, point = key.split("|", 1)
@@ -470,6 +468,14 @@ class KafkaSink:
     async def flush(self) -> None:
         for delivery in self.pending:
             await delivery
+
+
+def point_due(key: bytes, raw: bytes) -> float | None:
+    """When an accounting point of the joins table falls due: its run's deadline (an ended run's: later)."""
+    if key.count(b"|") != 1:
+        return None  # a part: it goes with its point
+    state = orjson.loads(raw)
+    return float(state.get("deadline", 0)) + (ENDED_KEPT if state.get("ended") else 1.0)
 
 
 def _load(raw: bytes | None) -> dict[str, Any] | None:

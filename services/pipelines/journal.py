@@ -20,16 +20,19 @@ import orjson
 from services.pipelines.tables import ChangelogTable
 
 
+def expires(key: bytes, raw: bytes) -> float | None:
+    """When a journal entry may go (what `ChangelogTable` keeps in time order)."""
+    value = orjson.loads(raw).get("expires")
+    return float(value) if value is not None else None
+
+
 async def sweep(table: ChangelogTable, now: float | None = None) -> int:
     """Remove the entries of runs long over (tombstones, so compaction drops them)."""
-    now = time.time() if now is None else now
-    gone = 0
-    for key, raw in list(table.items()):
-        if float(orjson.loads(raw).get("expires", now)) < now:
-            table.pop(key)
-            gone += 1
+    gone = table.due(time.time() if now is None else now)
+    for key in gone:
+        table.pop(key)
     await table.flush()
-    return gone
+    return len(gone)
 
 
 class Journal:
@@ -74,5 +77,7 @@ class Journal:
         partition = self.table.partition_of_key(self.key)
         value = orjson.dumps(self.entry)
         self.table.data.setdefault(partition, {})[self.key] = value
+        self.table.deadlines[self.key] = self.expires
+        self.table.deadlines.move_to_end(self.key)
         # acknowledged before it returns: the write-ahead of an unsafe request
         await (await self.table.producer.send(self.table.topic, value, key=self.key, partition=partition))

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,8 +38,12 @@ def partition_of(key: str | bytes, partitions: int) -> int:
 
 class ChangelogTable:
     def __init__(self, bootstrap: str, topic: str, partitions: int, producer: AIOKafkaProducer,
-                 partition_of_key: Callable[[bytes], int]) -> None:
+                 partition_of_key: Callable[[bytes], int],
+                 expiry_of: Callable[[bytes, bytes], float | None] | None = None) -> None:
         self.bootstrap = bootstrap
+        self.expiry_of = expiry_of  # when a restored entry falls due (`due`)
+        # keys with a time, roughly in time order (written as runs go): a sweep looks only at the front
+        self.deadlines: OrderedDict[bytes, float] = OrderedDict()
         self.topic = topic
         self.partitions = partitions
         self.producer = producer
@@ -59,8 +64,25 @@ class ChangelogTable:
         self.data.setdefault(partition, {})[key] = value
         self._send(key, value, partition)
 
+    def set(self, key: bytes, value: bytes, due: float | None = None) -> None:
+        """Write `key`; with `due`, it is one of `due()`'s keys from that time on."""
+        self[key] = value
+        if due is not None:
+            self.deadlines[key] = due
+            self.deadlines.move_to_end(key)
+
+    def due(self, now: float) -> list[bytes]:
+        """Keys whose time has come (from the front of the time order: cheap however big the table)."""
+        out = []
+        for key, at in self.deadlines.items():
+            if at > now:
+                break
+            out.append(key)
+        return out
+
     def pop(self, key: bytes, default: bytes | None = None) -> bytes | None:
         partition = self.partition_of_key(key)
+        self.deadlines.pop(key, None)
         value = self.data.get(partition, {}).pop(key, None)
         if value is None:
             return default
@@ -118,12 +140,17 @@ class ChangelogTable:
                             break
                         if record.value is None:
                             table.pop(record.key, None)
+                            self.deadlines.pop(record.key, None)
                         else:
                             table[record.key] = record.value
+                            at = self.expiry_of(record.key, record.value) if self.expiry_of else None
+                            if at is not None:
+                                self.deadlines[record.key] = at
                     if records and records[-1].offset + 1 >= remaining.get(tp, 0):
                         remaining.pop(tp, None)
             log.info("%s: %d entries of partitions %s read in %.2f s", self.topic,
                      sum(len(self.data[p]) for p in partitions), partitions, time.monotonic() - started)
+            self.deadlines = OrderedDict(sorted(self.deadlines.items(), key=lambda kv: kv[1]))
             for p in partitions:
                 self.ready[p].set()
         finally:
@@ -142,5 +169,6 @@ class ChangelogTable:
 
     def forget(self, partitions: list[int]) -> None:
         for p in partitions:
-            self.data.pop(p, None)
+            for key in self.data.pop(p, {}):
+                self.deadlines.pop(key, None)
             self.ready.pop(p, None)

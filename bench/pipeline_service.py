@@ -25,11 +25,17 @@ async def slow(request: Request) -> Response:
     return Response(b"{}", media_type="application/json")
 
 
+async def slowpost(request: Request) -> Response:
+    await asyncio.sleep(5)
+    return Response(b"{}", media_type="application/json")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--port", type=int, required=True)
     args = p.parse_args()
-    app = Starlette(routes=[Route("/t", trivial, methods=["GET", "POST"]), Route("/slow", slow, methods=["GET"])])
+    app = Starlette(routes=[Route("/t", trivial, methods=["GET", "POST"]), Route("/slow", slow, methods=["GET"]),
+                            Route("/slowpost", slowpost, methods=["POST"])])
     uvicorn.run(app, host="127.0.0.1", port=args.port, loop="uvloop", http="httptools", log_level="warning",
                 access_log=False)
 

@@ -164,6 +164,22 @@ async def throughput(stack: BenchStack, concurrencies: list[int], duration: floa
     return {"closed_loop": rows, "best": best, "verdict": verdict(best["runs_per_s"], TARGET_RUNS_PER_S, True)}
 
 
+async def quiet(stack: BenchStack) -> None:
+    """Wait until the projector has caught up with the throughput phase (it would share the cores)."""
+    client = stack.client()
+    started = time.monotonic()
+
+    async def caught_up() -> bool:
+        status, body = await client.call(client.get("/metrics"))
+        lag = sum(float(line.rsplit(" ", 1)[1]) for line in body.decode().splitlines()
+                  if line.startswith("skyjobs_projection_lag_events{"))
+        return status == 200 and lag == 0
+
+    await wait_until(caught_up, timeout=300, interval=0.5, what="the projector to catch up")
+    client.close()
+    say(f"(the projector caught up {time.monotonic() - started:.1f} s after the throughput phase)")
+
+
 async def main_async(args: Any) -> dict[str, Any]:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     duration = args.duration or (5 if args.quick else 15)
@@ -197,6 +213,7 @@ async def main_async(args: Any) -> dict[str, Any]:
         client.close()
         say("\n3. runs per second, 3-step serial pipeline")
         thr = await throughput(stack, concurrencies, duration)
+        await quiet(stack)
         say("\n1. per-step overhead (one connection, sequential calls)")
         over = await overhead(stack, service, blocks)
         say("\n2. 10 parallel branches")

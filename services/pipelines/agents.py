@@ -1,20 +1,22 @@
-"""The pipeline workers: a faust app ("skyjobs-pipelines") run by `skyjobs pipelines`, one or many.
+"""The pipeline workers: `skyjobs pipelines`, one or many (a faust app, "skyjobs-pipelines").
 
-    API ── pipeline.continue (the run's first token) ──> skyjobs.pipeline-work ──work agent──> steps (HTTP)
-                          ^                                                        │
-                          └──── forked tokens (key: run + token: spread) ──────────┤
-    skyjobs.pipeline-parts <── pipeline.arrive (key: run) ─────────────────────────┤
-       └──parts agent: joiners and the run's end, table "pipeline-joins"           │
+    API ── pipeline.continue (the run's first token) ──> skyjobs.pipeline-work ──work consumer──> steps (HTTP)
+                          ^                                                          │
+                          └──── forked tokens (key: run + token: spread) ────────────┤
+    skyjobs.pipeline-parts <── pipeline.arrive (key: run) ───────────────────────────┤
+       └──parts agent: joiners and the run's end, faust table "pipeline-joins"       │
                 └──> joined token (pipeline-work), pipeline.run-ended ──> skyjobs.pipeline-runs ──> API
-    skyjobs.pipeline-steps <── step-requested / step-responded ─────────────────────┘
-    skyjobs.pipeline-commands ──spec agent (table "pipeline-specs")──> skyjobs.pipeline-events
+    skyjobs.pipeline-steps <── step-requested / step-responded ───────────────────────┘
+    skyjobs.pipeline-commands ──spec agent (faust table "pipeline-specs")──> skyjobs.pipeline-events
 
-Work agent: a token's message stays unacknowledged until everything it led to is in Kafka, so a
-worker that dies mid-run leaves the token to the next owner of its partition, which runs it again.
-Before an unsafe request the token's entry in the table "pipeline-journal" records it (durably);
-the next owner then knows what may have been sent (services/pipelines/executor.py). A token that
-did unsafe requests is marked done in the journal before it is acknowledged, so a redelivered copy
-is skipped. Forked children whose key lands on the partition being worked run here at once.
+Work consumer (a plain aiokafka group, services/consumer.py; faust's fetcher cost a millisecond a
+hop and most of the throughput, measured in BENCHMARKS.md): a token's message stays unacknowledged
+until everything it led to is in Kafka, so a worker that dies mid-run leaves the token to the next
+owner of its partition, which runs it again. Before a token attempt's first unsafe request the
+journal (services/pipelines/journal.py) records it, durably; the next owner then knows what may
+have been sent (services/pipelines/executor.py). A token that made unsafe requests is marked done
+before it is acknowledged, so a redelivered copy is skipped. Forked children whose key lands on the
+partition being worked run here at once.
 
 Parts agent: the arrivals at one accounting point are kept in the table until their credits add
 up to 1 (services/pipelines/flow.py), then joined; a duplicate arrival is recognised by its token
@@ -25,6 +27,7 @@ deadline: the run fails with 504 instead of waiting for ever.
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import time
 from fractions import Fraction
@@ -34,8 +37,7 @@ from typing import Any
 import faust
 import msgspec
 import orjson
-from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import murmur2
+from aiokafka import AIOKafkaProducer, TopicPartition
 
 from events.base import new_id, utcnow
 from events.codec import DecodeError, decode_command_of, encode
@@ -45,7 +47,6 @@ from events.pipelines import (
     Body,
     ContinueRun,
     PipelineCommand,
-    RunCommand,
     RunEnded,
     RunFannedOut,
     RunJoined,
@@ -64,8 +65,10 @@ from events.topics import (
 )
 from services.blobs import LocalBlobStore
 from services.config import Config
+from services.consumer import AckingConsumer
+from services.consumer import Message as Record
 from services.pipelines import catalog
-from services.pipelines.executor import Executor, Run, Runs, step_event
+from services.pipelines.executor import Executor, Run, Runs, credit0, step_event
 from services.pipelines.flow import (
     END,
     Arrival,
@@ -79,6 +82,7 @@ from services.pipelines.flow import (
     answer,
     joined_token,
 )
+from services.pipelines.journal import Journal, JournalStore, partition_of
 from services.pipelines.messages import Message, error_message
 from services.pipelines.settings import from_env
 from services.pipelines.spec import Spec, parse
@@ -90,6 +94,8 @@ log = logging.getLogger(__name__)
 APP_ID = "skyjobs-pipelines"
 ACTOR = "skyjobs-pipelines"
 MAX_IN_FLIGHT = 5000  # tokens one worker runs at once; the work agent waits beyond
+WORK_GROUP = "skyjobs-pipelines-work"
+REVOKE_WAIT = 5.0  # seconds a rebalance waits for the tokens in flight of the partitions it moves
 ENDED_KEPT = 60.0  # seconds an ended run's end point is kept after its deadline (late arrivals are dropped)
 
 
@@ -113,54 +119,6 @@ def token_key(run_id: str, token: Token | WireToken, route: str | None) -> str:
     return route or f"{run_id}:{token.token_id}"
 
 
-class Journal:
-    """One consumed token's entry in the table "pipeline-journal": whether it sent unsafe requests, done.
-
-    One durable write per token attempt, before its first unsafe request: from then on every unsafe
-    request of the token may have been sent. A run again (deterministic up to there) meets first the
-    request that was marked, so it fails where the lost worker may have sent something, and nowhere
-    earlier; the later unsafe requests of the attempt need no write of their own.
-    """
-
-    def __init__(self, table: Any, key: str, deadline: float) -> None:
-        self.table = table
-        self.key = key
-        self.deadline = deadline
-        raw = table.get(key.encode())
-        self.entry: dict[str, Any] = orjson.loads(raw) if raw else {}
-        self.earlier = bool(self.entry.get("requested"))  # an earlier attempt sent unsafe requests
-        self.touched = False
-        self._marked: asyncio.Future[None] | None = None
-
-    @property
-    def done(self) -> bool:
-        return bool(self.entry.get("done"))
-
-    def requested(self, key: str) -> bool:
-        return self.earlier
-
-    async def record(self, key: str) -> None:
-        if self._marked is None:
-            self._marked = asyncio.ensure_future(self._mark(key))
-        await asyncio.shield(self._marked)
-
-    async def _mark(self, key: str) -> None:
-        self.entry["requested"] = [key]
-        await self._write()
-
-    async def finish(self) -> None:
-        if self.touched:
-            self.entry["done"] = True
-            await self._write()
-
-    async def _write(self) -> None:
-        self.touched = True
-        self.entry["expires"] = self.deadline + ENDED_KEPT
-        key, value = self.key.encode(), orjson.dumps(self.entry)
-        self.table.data[key] = value  # the table's memory, then its changelog (awaited: write-ahead)
-        await self.table.send_changelog(None, key, value)
-
-
 class Worker:
     """The state and behaviour of one pipelines process; `create_app` wires it to faust."""
 
@@ -173,46 +131,60 @@ class Worker:
         self.runs = Runs()
         self.bodies = Bodies(LocalBlobStore(config.blob_dir), settings.inline_limit, self._publish_file)
         self.producer: AIOKafkaProducer | None = None
+        self.audit: AIOKafkaProducer | None = None
+        self.journal: JournalStore | None = None
         self.running: set[str] = set()
+        self.in_flight: dict[int, set[asyncio.Task[None]]] = {}  # work partition -> its tokens running
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
         self.swept: dict[str, float] = {}
         self._starting = asyncio.Lock()
 
     async def start(self) -> None:
         async with self._starting:
-            while self.producer is None:
-                producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap, acks="all",
-                                            enable_idempotence=True, linger_ms=0, max_batch_size=512 * 1024,
-                                            max_request_size=4 * 1024 * 1024)
+            while self.producer is None or self.audit is None:
                 try:
-                    await producer.start()
+                    # Two connections: what a run waits for (tokens, arrivals, its end, the journal) never
+                    # queues behind the audit events (step requests and responses) on the way to the broker.
+                    self.producer = self.producer or await self._producer(linger_ms=0)
+                    self.audit = self.audit or await self._producer(linger_ms=2)
                 except Exception as exc:
-                    await producer.stop()
                     log.warning("pipelines: Kafka not there yet (%r); retrying", exc)
                     await asyncio.sleep(1)
-                    continue
-                self.producer = producer
+            if self.journal is None:
+                self.journal = JournalStore(self.config.kafka_bootstrap, self.partitions, self.producer)
+
+    async def _producer(self, linger_ms: int) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap, acks="all", enable_idempotence=True,
+                                    linger_ms=linger_ms, max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
 
     async def stop(self) -> None:
-        if self.producer is not None:
-            await self.producer.stop()
+        for producer in (self.producer, self.audit):
+            if producer is not None:
+                await producer.stop()
         transport = self.executor.transport
         if isinstance(transport, HttpTransport):
             await transport.close()
 
-    async def send(self, topic: str, key: str, value: bytes) -> asyncio.Future[Any]:
+    async def send(self, topic: str, key: str, value: bytes, audit: bool = False) -> asyncio.Future[Any]:
         """Produce; returns the future of Kafka's acknowledgement."""
-        if self.producer is None:
+        if self.producer is None or self.audit is None:
             await self.start()
-        assert self.producer is not None
-        future: asyncio.Future[Any] = await self.producer.send(topic, value, key=key.encode())
+        producer = self.audit if audit else self.producer
+        assert producer is not None
+        future: asyncio.Future[Any] = await producer.send(topic, value, key=key.encode())
         return future
 
     async def _publish_file(self, event: FileStored) -> None:
         await (await self.send(FILE_EVENTS, event.stream_id, encode(event)))
 
     def partition_of(self, key: str) -> int:
-        return int((murmur2(key.encode()) & 0x7FFFFFFF) % self.partitions)
+        return partition_of(key, self.partitions)
 
     # --- runs ---------------------------------------------------------------------------------------
 
@@ -246,10 +218,11 @@ class Worker:
                 "occurred_at": utcnow(), "correlation_id": run.correlation_id, "causation_id": causation,
                 "actor": self.actor}
 
-    async def on_token(self, command: ContinueRun, partition: int, journal_table: Any) -> None:
+    async def on_token(self, command: ContinueRun, partition: int) -> None:
         w = command.token
         run = self.run_of(command.stream_id, w, command.correlation_id)
-        journal = Journal(journal_table, token_key(run.run_id, w, run.route), run.deadline)
+        assert self.journal is not None
+        journal = Journal(self.journal, token_key(run.run_id, w, run.route), run.deadline + ENDED_KEPT)
         if journal.done:
             return
         sink = KafkaSink(self, run, partition)
@@ -337,17 +310,26 @@ class Worker:
                                     token.message if part.outcome == "message" else None, part.outcome != "notice"))
         joins.pop(tally_key.encode(), None)
         joined = joined_token(arrivals, arrive.point)
+        deliveries = [await self.send(PIPELINE_RUNS, run_id, audit=True, value=encode_event(RunJoined(
+            **self.meta(run), token_id=joined.token_id, point=arrive.point, kind=arrive.kind,
+            parts=len(arrivals), messages=sum(1 for a in arrivals if a.message is not None),
+            user_id=self.owner(run) or None)))]
+        # What a join leads to without a request (transformations, the run's end) is done here: the
+        # commonest pipelines end with their joiner, and this saves them a hop through pipeline-work.
+        probe = copy.deepcopy(joined)
+        outcomes = run.flow.advance(probe)
+        if len(outcomes) == 1 and isinstance(outcomes[0], Arrival | Failed) and credit0(outcomes[0].token) == 1 and (
+                isinstance(outcomes[0], Failed) or (outcomes[0].point == END and outcomes[0].passes)):
+            done = outcomes[0]
+            result = done.message if isinstance(done, Failed) else answer(done.message, Message())
+            for delivery in deliveries:
+                await delivery
+            await self._end(run, result, joins, end_key)
+            return
         wire = await self.wire(run, joined)
-        key = token_key(run_id, joined, run.route)
-        deliveries = [
-            await self.send(PIPELINE_RUNS, run_id, encode_event(RunJoined(
-                **self.meta(run), token_id=joined.token_id, point=arrive.point, kind=arrive.kind,
-                parts=len(arrivals), messages=sum(1 for a in arrivals if a.message is not None),
-                user_id=self.owner(run) or None))),
-            await self.send(PIPELINE_WORK, key, encode(ContinueRun(
-                command_id=new_id(), stream_id=run_id, issued_at=utcnow(), actor=self.actor,
-                correlation_id=run.correlation_id, token=wire))),
-        ]
+        deliveries.append(await self.send(PIPELINE_WORK, token_key(run_id, joined, run.route), encode(ContinueRun(
+            command_id=new_id(), stream_id=run_id, issued_at=utcnow(), actor=self.actor,
+            correlation_id=run.correlation_id, token=wire))))
         for delivery in deliveries:
             await delivery
 
@@ -424,7 +406,7 @@ class KafkaSink:
 
     async def emit(self, topic: str, event: Any) -> None:
         """Send an event without waiting for Kafka (`flush` waits for all of them)."""
-        self.pending.append(await self.worker.send(topic, self.run.run_id, encode_event(event)))
+        self.pending.append(await self.worker.send(topic, self.run.run_id, encode_event(event), audit=True))
 
     async def _send(self, topic: str, key: str, value: bytes) -> None:
         self.pending.append(await self.worker.send(topic, key, value))
@@ -512,48 +494,20 @@ def create_app(config: Config) -> faust.App:
         value_serializer="raw",
     )
     worker = Worker(config, settings)
-    work = _raw_topic(app, PIPELINE_WORK, config.partitions)
     parts = _raw_topic(app, PIPELINE_PARTS, config.partitions)
     commands = _raw_topic(app, PIPELINE_COMMANDS, config.partitions)
     dead_letters = _raw_topic(app, DEAD_LETTERS, config.partitions)
     kw: dict[str, Any] = {"default": None, "partitions": config.partitions, "key_type": bytes, "value_type": bytes}
-    journal = app.Table("pipeline-journal", use_partitioner=True, **kw)
     joins = app.Table("pipeline-joins", **kw)
     specs = app.Table("pipeline-specs", **kw)
-    background: set[asyncio.Task[None]] = set()
 
     async def dead_letter(key: Any, raw: bytes, exc: Exception) -> None:
         await dead_letters.send(key=key, value=raw, headers={"skyjobs_reason": str(exc).encode()})
 
-    async def run_one(command: ContinueRun, event: Any, key: str) -> None:
-        try:
-            await worker.on_token(command, event.message.partition, journal)
-        except Exception:
-            log.exception("pipeline token %s failed in the worker", key)
-        finally:
-            worker.running.discard(key)
-            worker.slots.release()
-            event.ack()
-
-    @app.agent(work)
-    async def work_agent(stream: Any) -> None:
+    @app.task
+    async def work() -> None:
         await worker.start()
-        async for event in stream.noack().events():
-            try:
-                command = decode_command_of(event.value, ContinueRun)
-            except DecodeError as exc:
-                await dead_letter(event.key, event.value, exc)
-                event.ack()
-                continue
-            key = token_key(command.stream_id, command.token, command.token.route)
-            if key in worker.running:  # a copy of a token this worker is running: that one will finish it
-                event.ack()
-                continue
-            await worker.slots.acquire()
-            worker.running.add(key)
-            task = asyncio.ensure_future(run_one(command, event, key))
-            background.add(task)
-            task.add_done_callback(background.discard)
+        await WorkConsumer(worker, dead_letter).run()
 
     @app.agent(parts)
     async def parts_agent(stream: Any) -> None:
@@ -593,16 +547,73 @@ def create_app(config: Config) -> faust.App:
     async def sweeper() -> None:
         await worker.start()
         await worker.sweep(joins)
-        now = time.time()
-        for key, raw in list(journal.items()):
-            entry = _load(raw) or {}
-            if float(entry.get("expires", now)) < now:
-                journal.data.pop(key, None)
-                journal.send_changelog(None, key, None, value_serializer="raw")
+        assert worker.journal is not None
+        await worker.journal.sweep()
 
-    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
-    async def on_revoked(app: Any, revoked: Any, **kwargs: Any) -> None:
-        worker.runs.runs.clear()
-
-    _ = (work_agent, parts_agent, spec_agent, sweeper, on_revoked, RunCommand)
+    _ = (work, parts_agent, spec_agent, sweeper)
     return app
+
+
+class WorkConsumer(AckingConsumer):
+    """skyjobs.pipeline-work: every token is run on a task of its own and acknowledged when it is done.
+
+    A partition's journal is read before any of its tokens runs; a partition taken away waits (a
+    little) for its tokens in flight, so a rebalance hands them over finished rather than half done.
+    """
+
+    def __init__(self, worker: Worker, dead_letter: Any) -> None:
+        super().__init__(worker.config.kafka_bootstrap, PIPELINE_WORK, WORK_GROUP, self, fetch_max_wait_ms=100)
+        self.worker = worker
+        self.dead_letter = dead_letter
+
+    async def revoked(self, tps: set[TopicPartition]) -> None:
+        running = [t for tp in tps for t in self.worker.in_flight.get(tp.partition, ())]
+        if running:
+            await asyncio.wait(running, timeout=REVOKE_WAIT)
+        await super().revoked(tps)
+
+    async def on_assigned(self, tps: list[Any], ends: dict[Any, int]) -> None:
+        assert self.worker.journal is not None
+        while True:  # the partitions' tokens wait for their journal: it must be read, whatever it takes
+            try:
+                await self.worker.journal.restore([tp.partition for tp in tps])
+                return
+            except Exception as exc:
+                log.warning("reading the journal of %s failed (%r); retrying", sorted(tps), exc)
+                await asyncio.sleep(1)
+
+    def on_revoked(self, tps: set[Any]) -> None:
+        assert self.worker.journal is not None
+        self.worker.journal.forget([tp.partition for tp in tps])
+        self.worker.runs.runs.clear()
+
+    async def on_message(self, message: Record) -> None:
+        worker = self.worker
+        try:
+            command = decode_command_of(message.value, ContinueRun)
+        except DecodeError as exc:
+            await self.dead_letter(None, message.value, exc)
+            message.ack()
+            return
+        key = token_key(command.stream_id, command.token, command.token.route)
+        if key in worker.running:  # a copy of a token this worker is running: that one will finish it
+            message.ack()
+            return
+        assert worker.journal is not None
+        await worker.journal.wait_ready(message.tp.partition)
+        await worker.slots.acquire()
+        worker.running.add(key)
+        task = asyncio.ensure_future(self._run(command, message, key))
+        running = worker.in_flight.setdefault(message.tp.partition, set())
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    async def _run(self, command: ContinueRun, message: Record, key: str) -> None:
+        try:
+            await self.worker.on_token(command, message.tp.partition)
+        except Exception:
+            log.exception("pipeline token %s failed in the worker", key)
+        finally:
+            self.worker.running.discard(key)
+            self.worker.slots.release()
+            message.ack()

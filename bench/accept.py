@@ -75,7 +75,7 @@ async def main_async(args: Any) -> dict[str, Any]:
     cond = conditions()
     stack = BenchStack(pg_fast=args.pg_fast, keep=args.keep, env=env_arg(args), api_procs=args.api_procs)
     async with stack:
-        await stack.start("api", *(("projector", "worker") if args.full else ()))
+        await stack.start("api", *(("projector", "worker", "executor") if args.full else ()))
         if args.full:
             await stack.wait_worker_ready()
         say(f"API processes: {args.api_procs}; worker and projector running: {args.full}")

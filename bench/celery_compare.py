@@ -213,7 +213,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 async def skyjobs_phase(args: Any, n: int, duration: float) -> dict[str, Any]:
     say(f"=== skyjobs: burst of {n}, then {duration:.0f} s at {args.rate:.0f} jobs/s")
     async with BenchStack(pg_fast=args.pg_fast, keep=args.keep, env=env_arg(args)) as stack:
-        await stack.start("projector", "worker", "api")
+        await stack.start("projector", "worker", "executor", "api")
         say(f"worker ready after {await stack.wait_worker_ready():.1f} s")
         report_burst(await skyjobs_burst(stack, 300), "warm-up")
         with CpuMeter(stack.pids()) as cpu:

@@ -132,7 +132,7 @@ async def main_async(args: Any) -> dict[str, Any]:
     duration = args.duration or (15 if args.quick else 60)
     cond = conditions()
     async with BenchStack(pg_fast=args.pg_fast, keep=args.keep, env=env_arg(args)) as stack:
-        await stack.start("projector", "worker", "api")
+        await stack.start("projector", "worker", "executor", "api")
         ready = await stack.wait_worker_ready()
         say(f"worker ready after {ready:.1f} s")
         client = stack.client()

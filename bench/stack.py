@@ -90,7 +90,7 @@ class BenchStack:
             f"ready in {time.monotonic() - started:.1f} s")
 
     async def start(self, *names: str) -> None:
-        """Start skyjobs processes: api (one per port), worker, projector."""
+        """Start skyjobs processes: api (one per port), worker, executor, projector; `name:N` starts N."""
         python = sys.executable
         for name in names:
             if name == "api":
@@ -98,8 +98,11 @@ class BenchStack:
                     await self.supervisor.start("api" if i == 0 else f"api{i + 1}",
                                                 [python, "-m", "services.cli", "api"],
                                                 {**self.env, "SKYJOBS_PORT": str(port)})
-            else:
-                await self.supervisor.start(name, [python, "-m", "services.cli", name], self.env)
+            else:  # "worker:2" starts two workers (worker, worker2)
+                name, _, count = name.partition(":")
+                for i in range(int(count or 1)):
+                    await self.supervisor.start(name if i == 0 else f"{name}{i + 1}",
+                                                [python, "-m", "services.cli", name], self.env)
         if "api" in names:
             await self.wait_healthy()
 

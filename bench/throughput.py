@@ -123,7 +123,7 @@ async def main_async(args: Any) -> dict[str, Any]:
     n = args.jobs or (1000 if args.quick else 5000)
     cond = conditions()
     async with BenchStack(pg_fast=args.pg_fast, keep=args.keep, env=env_arg(args)) as stack:
-        await stack.start("projector", "worker", "api")
+        await stack.start("projector", "worker", "executor", "api")
         say(f"worker ready after {await stack.wait_worker_ready():.1f} s")
         say("warm-up: a burst of 300 jobs")
         report(await skyjobs_burst(stack, 300), "warm-up")

@@ -109,7 +109,7 @@ async def precision(args: Any) -> dict[str, Any]:
     schedules = 2_000 if args.quick else 10_000
     minutes = 1 if args.quick else 2
     async with BenchStack(pg_fast=args.pg_fast, keep=args.keep) as stack:
-        await stack.start("projector", "worker")
+        await stack.start("projector", "worker", "executor")
         producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap, linger_ms=10)
         await producer.start()
         work_ids = []

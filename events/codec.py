@@ -10,12 +10,13 @@ import orjson
 from events import upcast
 from events.files import FileEvent
 from events.jobs import JobCommand, JobEvent
+from events.pipelines import PipelineCommand, PipelineEvent, RunCommand
 from events.services import ServiceCommand, ServiceEvent
 from events.tasks import TaskEvent
 from events.works import WorkCommand, WorkEvent
 
-AnyEvent = JobEvent | FileEvent | ServiceEvent | TaskEvent | WorkEvent
-AnyCommand = JobCommand | ServiceCommand | WorkCommand
+AnyEvent = JobEvent | FileEvent | ServiceEvent | TaskEvent | WorkEvent | PipelineEvent
+AnyCommand = JobCommand | ServiceCommand | WorkCommand | PipelineCommand | RunCommand
 
 _encoder = msgspec.json.Encoder()
 _event_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(AnyEvent)

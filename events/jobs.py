@@ -1,7 +1,9 @@
 """The job stream (seed 001): commands on `skyjobs.job-commands`, events on `skyjobs.job-events`.
 
 Commands come from the API (run, cancel, delete), from executors (start, heartbeat, finish) and
-from the lease keeper (expire, release). The lifecycle agent turns them into events.
+from the lease keeper (expire, release). The lifecycle agent turns them into events. An executor
+reports a job's start only once it has run for a moment: a job that ends sooner is reported by one
+`job.finish` carrying its start time, which decides `job.started` and the outcome together.
 """
 
 from __future__ import annotations
@@ -52,12 +54,15 @@ class Heartbeat(Command, frozen=True, tag="job.heartbeat.v1"):
 
 
 class FinishJob(Command, frozen=True, tag="job.finish.v1"):
+    """The job's process ended. `started_at` also decides the start when no `job.start` was (a short job)."""
+
     executor_id: str
     attempt: int
     exit_code: int | None
     answer_id: str | None = None
     stderr_id: str | None = None
     error: str | None = None
+    started_at: datetime | None = None
 
 
 class ExpireJob(Command, frozen=True, tag="job.expire.v1"):

@@ -31,9 +31,20 @@ TASK_EVENTS = "skyjobs.task-events"
 # Created up front with the partition count of the job topics: faust creating them itself at
 # start-up races its own partition assignment.
 JOB_STATE_CHANGELOG = "skyjobs-jobs-jobs-changelog"
-ACTIVE_JOBS_CHANGELOG = "skyjobs-jobs-active-jobs-changelog"
 WORKS_CHANGELOG = "skyjobs-jobs-works-changelog"
-WORK_SCHEDULE_CHANGELOG = "skyjobs-jobs-work-schedule-changelog"
+
+# Pipelines (seed 002): specs (key = name), runs and their steps (key = run id), and the work in
+# flight: tokens (key = run id + token id, spread over partitions) and arrivals at joiners (key = run id).
+PIPELINE_COMMANDS = "skyjobs.pipeline-commands"
+PIPELINE_EVENTS = "skyjobs.pipeline-events"
+PIPELINE_RUNS = "skyjobs.pipeline-runs"
+PIPELINE_STEPS = "skyjobs.pipeline-steps"
+PIPELINE_WORK = "skyjobs.pipeline-work"
+PIPELINE_PARTS = "skyjobs.pipeline-parts"
+PIPELINE_JOURNAL = "skyjobs.pipeline-journal"  # what token attempts sent (services/pipelines/journal.py)
+PIPELINE_JOINS_CHANGELOG = "skyjobs-pipelines-pipeline-joins-changelog"
+PIPELINE_SPECS_CHANGELOG = "skyjobs-pipelines-pipeline-specs-changelog"
+_DAY = 24 * 3600 * 1000
 
 TOPICS = (
     TopicSpec(JOB_COMMANDS, retention_ms=7 * 24 * 3600 * 1000),
@@ -44,9 +55,16 @@ TOPICS = (
     TopicSpec(SERVICE_EVENTS),
     TopicSpec(TASK_EVENTS),
     TopicSpec(JOB_STATE_CHANGELOG, compacted=True),
-    TopicSpec(ACTIVE_JOBS_CHANGELOG, compacted=True),
     TopicSpec(WORK_COMMANDS, retention_ms=7 * 24 * 3600 * 1000),
     TopicSpec(WORK_EVENTS),
     TopicSpec(WORKS_CHANGELOG, compacted=True),
-    TopicSpec(WORK_SCHEDULE_CHANGELOG, compacted=True),
+    TopicSpec(PIPELINE_COMMANDS, retention_ms=7 * _DAY),
+    TopicSpec(PIPELINE_EVENTS),
+    TopicSpec(PIPELINE_RUNS),
+    TopicSpec(PIPELINE_STEPS),
+    TopicSpec(PIPELINE_WORK, retention_ms=_DAY),  # tokens carry the caller's Authorization: kept one day
+    TopicSpec(PIPELINE_PARTS, retention_ms=_DAY),
+    TopicSpec(PIPELINE_JOURNAL, compacted=True),
+    TopicSpec(PIPELINE_JOINS_CHANGELOG, compacted=True),
+    TopicSpec(PIPELINE_SPECS_CHANGELOG, compacted=True),
 )

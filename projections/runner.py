@@ -26,12 +26,22 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from events.codec import DecodeError, decode_event
-from projections import event_log, files, jobs, services, tasks, works
+from projections import (
+    event_log,
+    files,
+    jobs,
+    pipeline_runs,
+    pipeline_steps,
+    pipelines,
+    services,
+    tasks,
+    works,
+)
 from services import db
 
 log = logging.getLogger(__name__)
 
-PROJECTIONS: tuple[ModuleType, ...] = (files, jobs, services, tasks, works)
+PROJECTIONS: tuple[ModuleType, ...] = (files, jobs, services, tasks, works, pipelines, pipeline_runs, pipeline_steps)
 GROUP = "skyjobs-projector"
 NOTIFY_CHANNEL = "skyjobs_projection"
 KAFKA_COMMIT_INTERVAL = 1.0  # seconds between Kafka offset commits (lag reporting only)

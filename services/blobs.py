@@ -54,6 +54,18 @@ class LocalBlobStore:
         os.replace(tmp, target)
         return len(data), hashlib.sha256(data).hexdigest()
 
+    def move_in(self, file_id: str, source: Path) -> None:
+        """Take `source` itself as the file's bytes (a rename; a copy across file systems)."""
+        target = self._path(file_id)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(source, target)
+        except OSError:  # another file system: copy, then remove the source
+            tmp = target.with_suffix(".part")
+            shutil.copyfile(source, tmp)
+            os.replace(tmp, target)
+            source.unlink(missing_ok=True)
+
     def path(self, file_id: str) -> Path | None:
         p = self._path(file_id)
         return p if p.exists() else None

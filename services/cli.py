@@ -1,4 +1,4 @@
-"""`skyjobs dev | setup | api | worker | projector | router`: the entry points of every process."""
+"""`skyjobs dev | setup | api | worker | executor | projector | router | pipelines | replay`: every process's entry point."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 from services.config import Config, from_env
 
 log = logging.getLogger("skyjobs")
+PROCESSES = ("projector", "worker", "executor", "router", "pipelines", "api")  # what `skyjobs dev` runs
 
 
 def _logging(level: str = "INFO") -> None:
@@ -42,12 +43,26 @@ def run_worker(config: Config) -> None:
 
     from services.jobs.worker import create_app
 
-    mode.loop.use("uvloop")  # libuv reaps the jobs' processes without a thread per child
+    mode.loop.use("uvloop")
     asyncio.run(setup(config))
     app = create_app(config)
     worker = faust.Worker(app, loglevel=os.environ.get("SKYJOBS_LOG_LEVEL", "INFO"), quiet=True,
                           override_logging=False)
     worker.execute_from_commandline()
+
+
+def run_executor(config: Config) -> None:
+    """Runs the jobs of its share of the job partitions (services/jobs/dispatcher.py)."""
+    import uvloop
+
+    from services.jobs import dispatcher
+    from services.kafka import create_topics
+
+    async def main() -> None:
+        await create_topics(config.kafka_bootstrap, config.partitions)
+        await dispatcher.run(config)
+
+    uvloop.run(main())
 
 
 def run_router(config: Config) -> None:
@@ -59,6 +74,21 @@ def run_router(config: Config) -> None:
 
     mode.loop.use("uvloop")  # measured: the asyncio loop doubled the router's time per task
 
+    asyncio.run(setup(config))
+    app = create_app(config)
+    worker = faust.Worker(app, loglevel=os.environ.get("SKYJOBS_LOG_LEVEL", "INFO"), quiet=True,
+                          override_logging=False)
+    worker.execute_from_commandline()
+
+
+def run_pipelines(config: Config) -> None:
+    """The pipeline workers (seed 002): tokens, joiners, the spec agent."""
+    import faust
+    import mode.loop
+
+    from services.pipelines.agents import create_app
+
+    mode.loop.use("uvloop")
     asyncio.run(setup(config))
     app = create_app(config)
     worker = faust.Worker(app, loglevel=os.environ.get("SKYJOBS_LOG_LEVEL", "INFO"), quiet=True,
@@ -131,7 +161,7 @@ async def dev(config: Config) -> None:
         child_config = from_env({**os.environ, **env})
         await setup(child_config)
         python = sys.executable
-        for name in ("projector", "worker", "router", "api"):
+        for name in PROCESSES:
             await supervisor.start(name, [python, "-m", "services.cli", name], env)
         url = f"http://{config.host}:{config.port}"
         supervisor.echo("skyjobs", f"API on {url}  (token in {token_file})")
@@ -155,7 +185,8 @@ async def dev(config: Config) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="skyjobs", description=__doc__)
-    parser.add_argument("command", choices=["dev", "setup", "api", "worker", "projector", "router", "replay"])
+    parser.add_argument("command", choices=["dev", "setup", "api", "worker", "executor", "projector", "router",
+                                            "pipelines", "replay"])
     parser.add_argument("--projection", action="append", help="replay: a projection to rebuild (repeatable)")
     parser.add_argument("--all", action="store_true", help="replay: rebuild every projection")
     parser.add_argument("--keep-old", action="store_true", help="replay: keep the replaced tables in a schema")
@@ -170,14 +201,16 @@ def main(argv: list[str] | None = None) -> None:
         run_api(config)
     elif args.command == "worker":
         run_worker(config)
+    elif args.command == "executor":
+        run_executor(config)
     elif args.command == "projector":
         run_projector(config)
     elif args.command == "replay":
         run_replay(config, args.projection or [], args.all, args.keep_old)
-    elif args.command == "replay":
-        run_replay(config, args.projection or [], args.all, args.keep_old)
     elif args.command == "router":
         run_router(config)
+    elif args.command == "pipelines":
+        run_pipelines(config)
 
 
 if __name__ == "__main__":

@@ -65,6 +65,7 @@ class Config:
     partitions: int = 8
     lease_timeout: float = 30.0
     heartbeat_interval: float = 5.0
+    start_report_delay: float = 0.2  # a job that ends sooner reports its start with its finish
     max_attempts: int = 3
     executor_slots: int = 32
     cancel_grace: float = 5.0
@@ -139,6 +140,7 @@ def from_env(env: dict[str, str] | None = None) -> Config:
         partitions=int(number("PARTITIONS", base.partitions)),
         lease_timeout=number("LEASE_TIMEOUT", base.lease_timeout),
         heartbeat_interval=number("HEARTBEAT_INTERVAL", base.heartbeat_interval),
+        start_report_delay=number("START_REPORT_DELAY", base.start_report_delay),
         max_attempts=int(number("MAX_ATTEMPTS", base.max_attempts)),
         executor_slots=int(number("EXECUTOR_SLOTS", base.executor_slots)),
         cancel_grace=number("CANCEL_GRACE", base.cancel_grace),

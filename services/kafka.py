@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -91,3 +92,14 @@ class CommandBus:
             await asyncio.wait_for(future, self.timeout)
         except (TimeoutError, KafkaError) as exc:
             raise BrokerUnavailable(f"Kafka did not acknowledge within {self.timeout:g} s: {exc!r}") from exc
+
+
+async def until_sent(send: Callable[[], Awaitable[None]], retry_every: float = 1.0) -> None:
+    """For what is reported after the fact (a job's finish, its outputs): retry while Kafka is away."""
+    while True:
+        try:
+            await send()
+            return
+        except BrokerUnavailable as exc:
+            log.warning("%s; retrying in %g s", exc, retry_every)
+            await asyncio.sleep(retry_every)

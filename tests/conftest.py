@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from infra.local import free_port
+from services.cli import PROCESSES
 from services.supervisor import Supervisor
 from tests.infra_fixtures import Infra, running_infra
 
@@ -98,6 +99,10 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
         "SKYJOBS_PROXY_NO_INSTANCE_WAIT": "2",
         "SKYJOBS_PROXY_CALL_TIMEOUT": "10",
         "SKYJOBS_PROXY_QUEUE": "40",
+        # pipelines: steps may call local test services; a short run timeout for the fault tests
+        "SKYJOBS_PIPELINE_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "SKYJOBS_PIPELINE_RUN_TIMEOUT": "60",
+        "SKYJOBS_PIPELINE_MAX_FANOUT": "20",  # as the conformance cases expect
     }
     ARTIFACTS.mkdir(exist_ok=True)
     log = open(ARTIFACTS / "stack.log", "w")  # noqa: SIM115
@@ -107,7 +112,7 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
         setup = await asyncio.create_subprocess_exec(sys.executable, "-m", "services.cli", "setup",
                                                      env={**os.environ, **env})
         assert await setup.wait() == 0, "skyjobs setup failed"
-        for name in ("projector", "worker", "router", "api"):
+        for name in PROCESSES:
             await stack.start(name)
 
         async def healthy() -> bool:
@@ -119,6 +124,7 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
 
         await eventually(healthy, timeout=120, interval=0.2, what="API health")
         await _wait_worker_ready(stack)
+        await _wait_pipelines_ready(stack)
         yield stack
     finally:
         await supervisor.stop()
@@ -135,6 +141,17 @@ async def _wait_worker_ready(stack: Stack) -> None:
             return (await client.get(f"/api/job/job_info/{job_id}")).json().get("state") == "succeeded"
 
         await eventually(done, timeout=120, interval=0.2, what="first job to succeed")
+
+
+async def _wait_pipelines_ready(stack: Stack) -> None:
+    """A pipeline saved and run end to end: the pipeline worker owns its partitions."""
+    async with stack.client() as client:
+
+        async def ran() -> bool:
+            saved = await client.put("/api/pipelines/stack-ready", json=["~$this"])
+            return saved.status_code in (200, 201) and (await client.post("/p/stack-ready", json={})).status_code == 200
+
+        await eventually(ran, timeout=120, interval=0.2, what="a first pipeline run")
 
 
 @pytest.fixture

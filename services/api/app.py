@@ -85,9 +85,12 @@ def create_app(config: Config) -> Starlette:
         app.state.fanout = stream.Fanout(app.state.tail, app.state.pool)
         app.state.fanout.start()
         app.state.proxy = await proxy.start(config, app.state.tail)
+        app.state.pipelines = pipelines.create_state(config)
+        app.state.pipelines.watch.attach(app.state.tail, config.kafka_bootstrap)
         try:
             yield
         finally:
+            app.state.pipelines.watch.detach()
             await proxy.stop(app.state.proxy)
             await app.state.fanout.stop()
             await app.state.tail.stop()

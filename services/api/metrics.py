@@ -57,7 +57,43 @@ async def _families(request: Request) -> list[Any]:
         "count(*) AS n FROM work_tasks t LEFT JOIN jobs j ON j.job_id = t.job_id GROUP BY 1"
     ):
         tasks.add_metric([r["state"]], r["n"])
-    return [jobs, queue, lag, age, latency, tasks]
+    return [jobs, queue, lag, age, latency, tasks, *await _pipeline_families(pool)]
+
+
+_STEP_LATENCY = """
+SELECT method, percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY duration_ms), count(*)
+FROM pipeline_steps WHERE responded_at > now() - interval '5 minutes' GROUP BY method
+"""
+_RUN_LATENCY = """
+SELECT percentile_cont(ARRAY[0.5, 0.9, 0.99]) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)),
+       count(*)
+FROM pipeline_runs WHERE finished_at > now() - interval '5 minutes' AND started_at IS NOT NULL
+"""
+
+
+async def _pipeline_families(pool: Any) -> list[Any]:
+    """Pipeline steps and runs of the last 5 minutes (issue 6 asks for step latency here)."""
+    steps = GaugeMetricFamily("skyjobs_pipeline_step_latency_seconds",
+                              "Pipeline steps answered in the last 5 minutes: request to response, by method",
+                              labels=["method", "quantile"])
+    count = GaugeMetricFamily("skyjobs_pipeline_steps_recent", "Pipeline steps answered in the last 5 minutes",
+                              labels=["method"])
+    for r in await pool.fetch(_STEP_LATENCY):
+        for q, value in zip(("0.5", "0.9", "0.99"), r[1], strict=True):
+            steps.add_metric([r["method"] or "", q], float(value) / 1000)
+        count.add_metric([r["method"] or ""], r[2])
+    runs = GaugeMetricFamily("skyjobs_pipeline_run_latency_seconds",
+                             "Pipeline runs ended in the last 5 minutes: start to end", labels=["quantile"])
+    row = await pool.fetchrow(_RUN_LATENCY)
+    if row and row[1]:
+        for q, value in zip(("0.5", "0.9", "0.99"), row[0], strict=True):
+            runs.add_metric([q], float(value))
+    states = GaugeMetricFamily("skyjobs_pipeline_runs", "Pipeline runs by state (last 5 minutes, and running)",
+                               labels=["state"])
+    for r in await pool.fetch("SELECT state, count(*) AS n FROM pipeline_runs WHERE finished_at IS NULL "
+                              "OR finished_at > now() - interval '5 minutes' GROUP BY state"):
+        states.add_metric([r["state"]], r["n"])
+    return [steps, count, runs, states]
 
 
 class _Snapshot:

@@ -1,22 +1,26 @@
 """Runs one job's command in its own working directory, process group and resource limits.
 
-The executor only acts: it tells the lifecycle agent what happened (start, heartbeat, finish)
-through commands, and stores the job's standard output and error as files.
+The executor only acts: it tells the lifecycle agent what happened through commands (start,
+heartbeat, finish) and stores the job's standard output (and standard error, when there is any)
+as files. A job's start is reported once it has run for `start_report_delay`; a job that ends
+sooner is reported by one `job.finish` alone, which carries its start time (one Kafka round trip less).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
+import functools
+import hashlib
 import logging
 import os
 import pwd
-import resource
 import shutil
 import signal
+import subprocess
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from events.base import Command, new_id, utcnow
@@ -25,48 +29,46 @@ from events.jobs import FinishJob, Heartbeat, StartJob
 from services.blobs import LocalBlobStore
 from services.config import Config, JobLimits
 from services.jobs.lifecycle import Job
+from services.kafka import until_sent
 
 log = logging.getLogger(__name__)
 
 SendCommand = Callable[[Command], Awaitable[None]]
 PublishFile = Callable[[FileStored], Awaitable[None]]
 
-_PR_SET_PDEATHSIG = 1
+_INLINE_HASH = 1024 * 1024  # outputs up to this size are hashed on the event loop, bigger ones in a thread
 
 
 @dataclass
 class Running:
     job: Job
-    process: asyncio.subprocess.Process | None = None
+    process: subprocess.Popen[bytes] | None = None
+    started_at: datetime | None = None
     stop_reason: str | None = None
-    killer: asyncio.TimerHandle | None = None
+    timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
 
-def _limits_preexec(limits: JobLimits, user: pwd.struct_passwd | None) -> Callable[[], None]:
-    """Runs in the child between fork and exec: the job's user, parent-death signal and limits."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    pairs = [
-        (resource.RLIMIT_CPU, limits.cpu_seconds),
-        (resource.RLIMIT_AS, limits.memory_bytes),
-        (resource.RLIMIT_FSIZE, limits.file_size_bytes),
-        (resource.RLIMIT_NPROC, limits.processes),
-    ]
+def launcher(limits: JobLimits, user: pwd.struct_passwd | None) -> list[str]:
+    """The argv prefix that applies the job's limits, user and parent-death signal, then execs.
 
-    def preexec() -> None:
-        if user is not None:  # drop root first: a change of user clears the parent-death signal
-            os.setgroups([])
-            os.setgid(user.pw_gid)
-            os.setuid(user.pw_uid)
-        # If the executor dies (kill -9), its jobs die with it instead of running on unobserved;
-        # the lease keeper then re-runs or fails them.
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-        for kind, value in pairs:
-            if value > 0:
-                soft, hard = resource.getrlimit(kind)
-                new_hard = value if hard == resource.RLIM_INFINITY else min(value, hard)
-                resource.setrlimit(kind, (min(value, new_hard), new_hard))
-
-    return preexec
+    util-linux's `prlimit` sets the limits and execs `setpriv`, which drops to the job's user, asks
+    for SIGKILL when the executor dies (a job never outlives it: the lease keeper then re-runs or
+    fails it) and execs the command. No Python runs between fork and exec, so CPython spawns with
+    vfork: measured here, about a quarter of the executor's CPU per spawn of a fork + preexec_fn.
+    """
+    tools = {name: shutil.which(name) for name in ("prlimit", "setpriv")}
+    missing = [name for name, path in tools.items() if path is None]
+    if missing:
+        raise RuntimeError(f"the executor needs util-linux's {' and '.join(missing)} on PATH")
+    argv = [str(tools["prlimit"])]
+    for flag, value in (("cpu", limits.cpu_seconds), ("as", limits.memory_bytes),
+                        ("fsize", limits.file_size_bytes), ("nproc", limits.processes)):
+        if value > 0:
+            argv.append(f"--{flag}={value}")
+    argv += ["--", str(tools["setpriv"]), "--pdeathsig=KILL"]
+    if user is not None:
+        argv += [f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
+    return [*argv, "--"]
 
 
 class Executor:
@@ -82,24 +84,21 @@ class Executor:
         self._user: pwd.struct_passwd | None = None
         if os.geteuid() == 0:
             self._user = pwd.getpwnam(config.job_user)
-        self._preexec = _limits_preexec(config.job_limits, self._user)
+        self._launcher = launcher(config.job_limits, self._user)
         config.work_dir.mkdir(parents=True, exist_ok=True)
         self._out_dir = config.work_dir / ".out"
         self._out_dir.mkdir(exist_ok=True)
+        self._env_path = os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
 
     async def run(self, job: Job) -> None:
-        """Start the job, wait for it, store its outputs and report the finish."""
+        """Run the job, wait for it, store its outputs and report the finish."""
         entry = Running(job)
         self.running[job.job_id] = entry
         try:
-            await self.send(
-                StartJob(command_id=new_id(), stream_id=job.job_id, issued_at=utcnow(),
-                         executor_id=self.executor_id, attempt=job.attempt)
-            )
             await self._execute(entry)
         finally:
-            if entry.killer:
-                entry.killer.cancel()
+            for timer in entry.timers:
+                timer.cancel()
             self.running.pop(job.job_id, None)
 
     async def _execute(self, entry: Running) -> None:
@@ -109,16 +108,22 @@ class Executor:
         err_path = self._out_dir / f"{job.job_id}.{job.attempt}.err"
         exit_code: int | None = None
         error: str | None = None
+        loop = asyncio.get_running_loop()
+        entry.started_at = utcnow()
         try:
             self._prepare(job, workspace)
             if entry.stop_reason is None:
-                with open(out_path, "wb") as out, open(err_path, "wb") as err:
-                    entry.process = await asyncio.create_subprocess_exec(
-                        "/bin/sh", "-c", job.command,
-                        cwd=workspace, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=err,
-                        start_new_session=True, preexec_fn=self._preexec, env=self._env(job, workspace),
-                    )
-                returncode = await entry.process.wait()
+                exited = loop.create_future()
+                entry.process = self._spawn(job, workspace, out_path, err_path)
+                pidfd = os.pidfd_open(entry.process.pid)
+                loop.add_reader(pidfd, _resolve, exited)
+                entry.timers.append(loop.call_later(self.config.start_report_delay, self._report_start, entry))
+                try:
+                    await exited
+                finally:
+                    loop.remove_reader(pidfd)
+                    os.close(pidfd)
+                returncode = entry.process.wait()
                 exit_code, error = _describe_exit(returncode, entry.stop_reason, self.config.job_limits)
             else:
                 error = entry.stop_reason
@@ -126,16 +131,57 @@ class Executor:
             error = str(exc)
         except OSError as exc:
             error = f"could not start the job: {exc}"
-        answer_id = await self._store_output(job, out_path, "stdout")
-        stderr_id = await self._store_output(job, err_path, "stderr")
-        shutil.rmtree(workspace, ignore_errors=True)
-        await self.send(
-            FinishJob(command_id=new_id(), stream_id=job.job_id, issued_at=utcnow(), executor_id=self.executor_id,
-                      attempt=job.attempt, exit_code=exit_code, answer_id=answer_id, stderr_id=stderr_id, error=error)
-        )
+        stdout = await self._store_output(job, out_path, "stdout", keep_empty=True)
+        stderr = await self._store_output(job, err_path, "stderr", keep_empty=False)
+        _remove_tree(workspace)
+        finish = FinishJob(
+            command_id=new_id(), stream_id=job.job_id, issued_at=utcnow(), executor_id=self.executor_id,
+            attempt=job.attempt, exit_code=exit_code, answer_id=stdout.stream_id if stdout else None,
+            stderr_id=stderr.stream_id if stderr else None, error=error,
+            started_at=entry.started_at)  # also decides the start if its report never arrived
+        # All in one produce request rather than one round trip after the other.
+        await asyncio.gather(*(until_sent(functools.partial(self.publish_file, f)) for f in (stdout, stderr) if f),
+                             until_sent(functools.partial(self.send, finish)))
+
+    def _spawn(self, job: Job, workspace: Path, out_path: Path, err_path: Path) -> subprocess.Popen[bytes]:
+        """Spawn (vfork + exec) the launcher and `/bin/sh -c command`. The exit is then awaited
+        through a pidfd, with no thread or SIGCHLD handler per child."""
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            return subprocess.Popen(
+                [*self._launcher, "/bin/sh", "-c", job.command],
+                cwd=workspace, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True, env=self._env(job, workspace),
+            )
+
+    def _report_start(self, entry: Running) -> None:
+        """The job is still running: say so (a lease from then on), and heartbeat while it runs."""
+        job = entry.job
+        start = StartJob(command_id=new_id(), stream_id=job.job_id, issued_at=entry.started_at or utcnow(),
+                         executor_id=self.executor_id, attempt=job.attempt)
+        asyncio.ensure_future(self._send_quietly(start))
+        self._schedule_heartbeat(entry)
+
+    def _schedule_heartbeat(self, entry: Running) -> None:
+        loop = asyncio.get_running_loop()
+        entry.timers.append(loop.call_later(self.config.heartbeat_interval, self._heartbeat, entry))
+
+    def _heartbeat(self, entry: Running) -> None:
+        if entry.job.job_id not in self.running:
+            return
+        job = entry.job
+        beat = Heartbeat(command_id=new_id(), stream_id=job.job_id, issued_at=utcnow(),
+                         executor_id=self.executor_id, attempt=job.attempt)
+        asyncio.ensure_future(self._send_quietly(beat))
+        self._schedule_heartbeat(entry)
+
+    async def _send_quietly(self, command: Command) -> None:
+        try:
+            await self.send(command)
+        except Exception as exc:  # a lost start or heartbeat: the finish still counts, or the lease keeper decides
+            log.warning("could not send %s for job %s: %r", type(command).__name__, command.stream_id, exc)
 
     def _prepare(self, job: Job, workspace: Path) -> None:
-        shutil.rmtree(workspace, ignore_errors=True)
+        _remove_tree(workspace)  # what an earlier attempt on this machine left
         workspace.mkdir(parents=True)
         refs = ([job.binary] if job.binary else []) + list(job.input_files)
         for ref in refs:
@@ -150,25 +196,32 @@ class Executor:
 
     def _env(self, job: Job, workspace: Path) -> dict[str, str]:
         return {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "PATH": self._env_path,
             "HOME": str(workspace),
             "LANG": "C.UTF-8",
             "SKYJOBS_JOB_ID": job.job_id,
         }
 
-    async def _store_output(self, job: Job, path: Path, stream: str) -> str | None:
-        if not path.exists():
+    async def _store_output(self, job: Job, path: Path, stream: str, keep_empty: bool) -> FileStored | None:
+        """Move an output file into the blob store (no copy): its event to publish; an empty stderr is dropped."""
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return None
+        if size == 0 and not keep_empty:
+            path.unlink(missing_ok=True)
             return None
         file_id = new_id()
-        size, sha = self.blobs.put_file(file_id, path)
-        path.unlink(missing_ok=True)
-        await self.publish_file(
-            FileStored(event_id=new_id(), stream_id=file_id, sequence=1, occurred_at=utcnow(),
-                       correlation_id=job.correlation_id or job.job_id, causation_id=job.job_id,
-                       actor=job.user_id, owner_id=job.user_id, name=f"{job.job_id}.{stream}", size=size,
-                       sha256=sha, content_type="text/plain", job_id=job.job_id)
-        )
-        return file_id
+        if size <= _INLINE_HASH:
+            sha = _sha256(path)
+            self.blobs.move_in(file_id, path)
+        else:
+            sha = await asyncio.to_thread(_sha256, path)
+            await asyncio.to_thread(self.blobs.move_in, file_id, path)
+        return FileStored(event_id=new_id(), stream_id=file_id, sequence=1, occurred_at=utcnow(),
+                          correlation_id=job.correlation_id or job.job_id, causation_id=job.job_id,
+                          actor=job.user_id, owner_id=job.user_id, name=f"{job.job_id}.{stream}", size=size,
+                          sha256=sha, content_type="text/plain", job_id=job.job_id)
 
     def stop(self, job_id: str, reason: str) -> None:
         """SIGTERM the job's whole process group now, SIGKILL after the grace period."""
@@ -180,22 +233,34 @@ class Executor:
             return  # not started yet: _execute sees stop_reason and skips it
         _signal_group(entry.process.pid, signal.SIGTERM)
         loop = asyncio.get_running_loop()
-        entry.killer = loop.call_later(self.config.cancel_grace, _signal_group, entry.process.pid, signal.SIGKILL)
-
-    async def heartbeat_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.heartbeat_interval)
-            for entry in list(self.running.values()):
-                job = entry.job
-                with contextlib.suppress(Exception):
-                    await self.send(
-                        Heartbeat(command_id=new_id(), stream_id=job.job_id, issued_at=utcnow(),
-                                  executor_id=self.executor_id, attempt=job.attempt)
-                    )
+        entry.timers.append(loop.call_later(self.config.cancel_grace, _signal_group, entry.process.pid, signal.SIGKILL))
 
 
 class _MissingInput(RuntimeError):
     pass
+
+
+def _remove_tree(path: Path) -> None:
+    """Most jobs leave their directory empty: one rmdir instead of a walk."""
+    try:
+        path.rmdir()
+    except FileNotFoundError:
+        pass
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as source:
+        while chunk := source.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -5,6 +5,7 @@ current state decide no events (a repeated cancel, a late heartbeat, a duplicate
 what makes redelivered commands harmless.
 
     queued ──start──> running ──finish──> succeeded | failed
+      └──finish (with started_at: a short job)──> running, succeeded | failed
       │                 │ └──cancel──> cancelling ──finish──> cancelled
       │                 └──release (lease lost)──> queued (attempt+1) | failed
       └──cancel──> cancelled          any unfinished ──ttl──> expired
@@ -181,6 +182,14 @@ def decide(job: Job | None, command: JobCommand, now: datetime, policy: Policy =
         ]
     if job is None or job.deleted:
         return []
+    if isinstance(command, FinishJob) and command.started_at is not None and job.state == QUEUED:
+        if command.attempt != job.attempt:
+            return []
+        # A short job (or one whose start report was lost): its start and its end, decided together.
+        started = JobStarted(**{**_meta(job, command, now), "occurred_at": min(command.started_at, now)},
+                             executor_id=command.executor_id, attempt=command.attempt)
+        finish = msgspec.structs.replace(command, started_at=None)
+        return [started, *decide(evolve(job, started, policy), finish, now, policy)]
     meta = _meta(job, command, now)
     match command:
         case StartJob() if job.state == QUEUED and command.attempt == job.attempt:

@@ -1,16 +1,18 @@
-"""The job worker: a faust app with the lifecycle agent, the lease keeper and the executor agent.
+"""The job worker: a faust app with the lifecycle agent, the lease keeper and the works agents.
 
-    skyjobs.job-commands ──lifecycle──> skyjobs.job-events ──executor──> commands (start, finish)
-                 ^   (decide/evolve, table "jobs")                 └──> skyjobs.file-events (outputs)
-                 └── lease keeper (timer over table "active": ttl and lost executors)
+    skyjobs.job-commands ──lifecycle──> skyjobs.job-events ──> executors (services/jobs/dispatcher.py)
+                 ^   (decide/evolve, table "jobs")                 │  start, heartbeat, finish
+                 ├────────────────────────────────────────────────┘
+                 └── lease keeper (timer over the unfinished jobs: ttl and lost executors)
+    a work's task job, once finished ──> skyjobs.work-commands (services/works/agents.py)
 
 Both job topics are keyed by job id with the same partition count, so a worker that owns a
-partition of the commands owns the same partition of the events and of the tables.
+partition of the commands owns the same partition of the events and of the table. Running jobs is
+the executors' work, in processes of their own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
@@ -19,15 +21,12 @@ import msgspec
 
 from events import cloudevents
 from events.base import Command, new_id, utcnow
-from events.codec import DecodeError, decode_command_of, decode_event, encode
-from events.files import FilePurged, FileStored
-from events.jobs import STOP_EVENTS, ExpireJob, JobCommand, JobDeleted, JobRequeued, JobSubmitted, ReleaseJob
-from events.topics import DEAD_LETTERS, FILE_EVENTS, JOB_COMMANDS, JOB_EVENTS
-from services.blobs import LocalBlobStore
+from events.codec import DecodeError, decode_command_of, encode
+from events.jobs import ExpireJob, JobCommand, ReleaseJob
+from events.topics import DEAD_LETTERS, JOB_COMMANDS, JOB_EVENTS
 from services.config import Config
 from services.jobs import lifecycle
-from services.jobs.executor import Executor
-from services.jobs.lifecycle import QUEUED, Job, Policy
+from services.jobs.lifecycle import FINISHED, Job, Policy
 from services.works.agents import register as register_works
 
 log = logging.getLogger(__name__)
@@ -35,9 +34,15 @@ log = logging.getLogger(__name__)
 _state_codec = msgspec.json.Encoder()
 _state_decoder = msgspec.json.Decoder(Job)
 
-# Executors hold a job's event unacknowledged until the job ends, so a worker that dies mid-job
-# gets the event redelivered to the next owner of the partition; this bounds what one worker buffers.
-MAX_PENDING = 10_000
+
+class _Liveness(msgspec.Struct):
+    """The two fields of a table value the lease keeper's index needs (msgspec skips the rest)."""
+
+    state: str
+    deleted: bool = False
+
+
+_liveness_decoder = msgspec.json.Decoder(_Liveness)
 
 
 class CloudEventsTopic(faust.Topic):  # type: ignore[misc]
@@ -64,7 +69,7 @@ def create_app(config: Config) -> faust.App:
         topic_partitions=config.partitions,
         web_enabled=False,
         producer_acks=-1,
-        producer_linger_ms=1,
+        producer_linger_ms=2,
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=15,
         broker_heartbeat_interval=3,
@@ -76,11 +81,19 @@ def create_app(config: Config) -> faust.App:
     )
     commands = _raw(app, JOB_COMMANDS, config.partitions)
     events = _raw(app, JOB_EVENTS, config.partitions)
-    files = _raw(app, FILE_EVENTS, config.partitions)
     dead_letters = _raw(app, DEAD_LETTERS, config.partitions)
     jobs = app.Table("jobs", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
-    active = app.Table("active-jobs", default=None, partitions=config.partitions, key_type=bytes,
-                       value_type=bytes)
+    # The unfinished jobs' keys: an index of the table (the lease keeper's work list), rebuilt from
+    # the table whenever faust has recovered it, kept up to date by the lifecycle agent.
+    unfinished: set[bytes] = set()
+    job_finished = register_works(app, config, lambda name: _raw(app, name, config.partitions), commands, dead_letters)
+
+    @jobs.on_recover
+    async def index_unfinished() -> None:
+        unfinished.clear()
+        for key, raw in jobs.items():
+            if raw and (live := _liveness_decoder.decode(raw)).state not in FINISHED and not live.deleted:
+                unfinished.add(key)
 
     def state_of(key: bytes) -> Job | None:
         raw = jobs.get(key)
@@ -88,11 +101,6 @@ def create_app(config: Config) -> faust.App:
 
     async def send_command(command: Command) -> None:
         await commands.send(key=command.stream_id.encode(), value=encode(command))
-
-    async def publish_file(event: FileStored) -> None:
-        await files.send(key=event.stream_id.encode(), value=encode(event))
-
-    executor = Executor(config, LocalBlobStore(config.blob_dir), send_command, publish_file)
 
     @app.agent(commands)
     async def lifecycle_agent(stream: Any) -> None:
@@ -112,80 +120,23 @@ def create_app(config: Config) -> faust.App:
             if decided and job is not None:
                 jobs[key] = _state_codec.encode(job)
                 if job.finished or job.deleted:
-                    active.pop(key, None)
+                    unfinished.discard(key)
                 else:
-                    active[key] = b"1"
+                    unfinished.add(key)
+            if job is not None and job.finished:  # also after a redelivery, which decides nothing
+                await job_finished(job)
 
     @app.timer(interval=1.0)
     async def lease_keeper() -> None:
         now = utcnow()
-        for key in list(active.keys()):
+        for key in list(unfinished):
             job = state_of(key)
             if job is None:
+                unfinished.discard(key)
                 continue
             for due in lifecycle.due_commands(job, now):
                 meta: dict[str, Any] = {"command_id": new_id(), "stream_id": job.job_id, "issued_at": now, "actor": "skyjobs"}
                 command = ExpireJob(**meta) if due == "expire" else ReleaseJob(**meta, attempt=job.attempt)
                 await send_command(command)
 
-    pending: asyncio.Queue[tuple[Job, Any]] = asyncio.Queue(MAX_PENDING)
-
-    @app.agent(events)
-    async def executor_agent(stream: Any) -> None:
-        async for event in stream.noack().events():
-            try:
-                message = decode_event(event.value)
-            except DecodeError:
-                event.ack()
-                continue
-            if isinstance(message, JobSubmitted | JobRequeued):
-                job = state_of(event.key)
-                attempt = message.attempt if isinstance(message, JobRequeued) else 1
-                if job is not None and job.state == QUEUED and job.attempt == attempt:
-                    await pending.put((job, event))  # acknowledged when the job ends
-                    continue
-            elif isinstance(message, STOP_EVENTS):
-                executor.stop(message.stream_id, _stop_reason(message))
-                if isinstance(message, JobDeleted):
-                    await purge_outputs(message)
-            event.ack()
-
-    async def purge_outputs(deleted: JobDeleted) -> None:
-        """A deleted job's stored output goes too: bytes from the store, then a purge event."""
-        for file_id in (deleted.answer_id, deleted.stderr_id):
-            if file_id:
-                executor.blobs.delete(file_id)
-                await files.send(key=file_id.encode(), value=encode(FilePurged(
-                    event_id=new_id(), stream_id=file_id, sequence=2, occurred_at=deleted.occurred_at,
-                    correlation_id=deleted.correlation_id, causation_id=deleted.event_id, actor=deleted.actor,
-                    reason=f"job {deleted.stream_id} was deleted")))
-
-    async def run_one(job: Job, event: Any, slots: asyncio.Semaphore) -> None:
-        try:
-            current = state_of(event.key)  # it may have been cancelled while it waited for a slot
-            if current is not None and current.state == QUEUED and current.attempt == job.attempt:
-                await executor.run(current)
-        except Exception:
-            log.exception("job %s failed in the executor", job.job_id)
-        finally:
-            slots.release()
-            event.ack()
-
-    @app.task
-    async def dispatcher() -> None:
-        slots = asyncio.Semaphore(config.executor_slots)
-        while True:
-            job, event = await pending.get()
-            await slots.acquire()
-            asyncio.ensure_future(run_one(job, event, slots))
-
-    @app.task
-    async def heartbeats() -> None:
-        await executor.heartbeat_forever()
-
-    register_works(app, config, lambda name: _raw(app, name, config.partitions), commands, events, jobs, dead_letters)
     return app
-
-
-def _stop_reason(message: Any) -> str:
-    return str(getattr(message, "reason", None) or message.__class__.__name__)

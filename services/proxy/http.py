@@ -33,6 +33,8 @@ class _Connection(asyncio.Protocol):
         self.received = False  # any byte of the current answer
         self.closed = False
         self.reusable = False
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_only = False  # the answer to a HEAD: no body, whatever Content-Length says
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -53,9 +55,17 @@ class _Connection(asyncio.Protocol):
 
     # httptools callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+        if self.head_only:
+            return
         if name.lower() == b"content-length" and value.isdigit() and int(value) > self.limit:
             self._fail(HttpFailed(f"answer of {int(value)} bytes is over {self.limit}"))
             self.close()
+
+    def on_headers_complete(self) -> None:
+        if self.head_only and self.waiter is not None and not self.waiter.done():
+            self.reusable = False  # the parser would wait for a body: this connection is done
+            self.waiter.set_result((self.parser.get_status_code(), b""))
 
     def on_body(self, body: bytes) -> None:
         self.size += len(body)
@@ -80,6 +90,7 @@ class _Connection(asyncio.Protocol):
             raise HttpFailed("connection closed")
         self.waiter = asyncio.get_running_loop().create_future()
         self.chunks, self.size, self.received, self.reusable = [], 0, False, False
+        self.headers = []
         self.transport.write(raw)
         try:
             return await self.waiter
@@ -102,6 +113,13 @@ class HttpClient:
     async def request(self, method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
                       timeout: float = 30.0, limit: int = 64 * 1024 * 1024) -> tuple[int, bytes]:
         """The status and body of the answer; HttpFailed or TimeoutError otherwise."""
+        status, _, answer = await self.exchange(method, url, body, headers, timeout, limit)
+        return status, answer
+
+    async def exchange(self, method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None,
+                       timeout: float = 30.0, limit: int = 64 * 1024 * 1024
+                       ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The status, headers and body of the answer; HttpFailed or TimeoutError otherwise."""
         parts = urlsplit(url)
         secure = parts.scheme == "https"
         host = parts.hostname or ""
@@ -116,8 +134,9 @@ class HttpClient:
         async with asyncio.timeout(timeout):
             while True:
                 conn, reused = await self._borrow(key, secure, limit)
+                conn.head_only = method == "HEAD"
                 try:
-                    answer = await conn.request(raw)
+                    status, answer = await conn.request(raw)
                 except HttpFailed:
                     conn.close()
                     if reused and not conn.received:  # a kept connection the server had closed: once more
@@ -130,7 +149,7 @@ class HttpClient:
                     self.idle[key].append(conn)
                 else:
                     conn.close()
-                return answer
+                return status, conn.headers, answer
 
     async def _borrow(self, key: tuple[str, str, int], secure: bool, limit: int) -> tuple[_Connection, bool]:
         idle = self.idle[key]

@@ -12,7 +12,7 @@ A task.submitted message stays unacknowledged until the task's last event is in 
 that dies mid-task leaves it to the next owner of the partition. Before running what it replays, a
 router reads its partitions up to the end they had when it got them: tasks answered meanwhile are
 not run twice (the replay gate). The task consumer is plain aiokafka in a faust task, not a faust
-agent: see services/proxy/consumer.py for the measurement behind that.
+agent: see services/consumer.py for the measurement behind that.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ from events.tasks import TaskEvent, TaskSubmitted
 from events.topics import DEAD_LETTERS, FILE_EVENTS, SERVICE_COMMANDS, SERVICE_EVENTS, TASK_EVENTS
 from services.blobs import LocalBlobStore
 from services.config import Config
+from services.consumer import AckingConsumer, Message
 from services.proxy import registry as registry_fold
 from services.proxy import tasks
 from services.proxy.balancer import Balancer, DeadlinePassed, NoHealthyInstance
-from services.proxy.consumer import Message, TaskConsumer
 from services.proxy.instances import (
     InstanceClient,
     InstanceUnreachable,
@@ -56,6 +56,7 @@ from services.proxy.tasks import Answered, Errored, Expired, NoInstance, Outcome
 from services.proxy.view import RegistryView
 
 log = logging.getLogger(__name__)
+TASK_GROUP = "skyjobs-proxy-tasks"  # the routers share the task partitions
 
 APP_ID = "skyjobs-proxy"
 MAX_IN_FLIGHT = 10_000  # tasks one router holds at once (queued or running); the agent waits beyond
@@ -210,7 +211,7 @@ class Router:
             for runner in self.parts.running.pop(tp, set()):
                 runner.cancel()
 
-    async def on_task_event(self, message: Message) -> None:
+    async def on_message(self, message: Message) -> None:
         """One message of skyjobs.task-events, to acknowledge once handled (for a task: once it ended)."""
         tp, offset = message.tp, message.offset
         try:
@@ -420,7 +421,7 @@ def create_app(config: Config) -> faust.App:
     async def task_consumer() -> None:
         await router.start()
         try:
-            await TaskConsumer(config.kafka_bootstrap, router).run()
+            await AckingConsumer(config.kafka_bootstrap, TASK_EVENTS, TASK_GROUP, router).run()
         finally:  # the worker is stopping
             await router.stop()
 

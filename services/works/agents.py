@@ -2,16 +2,18 @@
 
     skyjobs.work-commands ──work agent (decide/evolve, table "works")──> skyjobs.work-events
         ^    ^                                                               │
-        │    └── scheduler (timer over table "work-schedule": fire-due)      ▼
+        │    └── scheduler (timer over a due-time heap of the works table)   ▼
         │                                                   task runner: task.scheduled → job.run
-        └── task tracker: job events of a task's job → work.record-task-job   (job id = task id)
+        └── the lifecycle agent, when a task's job has finished: work.record-task-job   (job id = task id)
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
-from datetime import datetime
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import faust
@@ -19,18 +21,11 @@ import msgspec
 
 from events.base import Command, new_id, utcnow
 from events.codec import DecodeError, decode_event, decode_work_command, encode
-from events.jobs import (
-    CancelJob,
-    JobCancelled,
-    JobExpired,
-    JobFailed,
-    JobStarted,
-    JobSucceeded,
-    RunJob,
-)
+from events.jobs import CancelJob, RunJob
 from events.topics import WORK_COMMANDS, WORK_EVENTS
 from events.works import FireDue, RecordTaskJob, TaskScheduled, WorkDeleted, WorkSpec
 from services.config import Config
+from services.jobs.lifecycle import Job
 from services.works import model
 from services.works.tasks import task_command
 
@@ -38,18 +33,41 @@ log = logging.getLogger(__name__)
 
 _state_encoder = msgspec.json.Encoder()
 _state_decoder = msgspec.json.Decoder(model.Work)
-_JOB_STATE: dict[type, str] = {JobStarted: "running", JobSucceeded: "succeeded", JobFailed: "failed", JobCancelled: "cancelled",
-              JobExpired: "expired"}
-TICK = 0.2  # seconds between scheduler scans: bounds how late a task fires
 
 
-def register(app: faust.App, config: Config, raw_topic: Any, job_commands: Any, job_events: Any,
-             jobs_table: Any, dead_letters: Any) -> None:
+class _Timing(msgspec.Struct):
+    """The fields of a works table value the scheduler's index needs (msgspec skips the rest)."""
+
+    next_due: datetime | None = None
+    deleted_at: datetime | None = None
+
+
+_timing_decoder = msgspec.json.Decoder(_Timing)
+TICK = 0.2  # seconds between scheduler ticks: bounds how late a task fires
+RETRY = timedelta(seconds=1)  # a fire-due that could not be sent is sent again this much later
+
+
+def register(app: faust.App, config: Config, raw_topic: Any, job_commands: Any,
+             dead_letters: Any) -> Callable[[Job], Awaitable[None]]:
+    """The works agents in `app`; returns what the lifecycle agent calls when a job has finished."""
     work_commands = raw_topic(WORK_COMMANDS)
     work_events = raw_topic(WORK_EVENTS)
     works = app.Table("works", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
-    due = app.Table("work-schedule", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
-    sent: dict[bytes, bytes] = {}  # fire-due already sent per work (a cache: the table is the truth)
+    # The scheduler's index of the works table: each work's due time (`due`) and a heap of
+    # (due time, work key) over them, rebuilt from the table whenever faust has recovered it and
+    # kept up to date by the work agent. Heap entries whose time is no longer the work's are stale
+    # and skipped, so a tick costs what is due, not a scan of every work.
+    due: dict[bytes, datetime] = {}
+    heap: list[tuple[datetime, bytes]] = []
+
+    @works.on_recover
+    async def index_due() -> None:
+        due.clear()
+        for key, raw in works.items():
+            if raw and (timing := _timing_decoder.decode(raw)).next_due is not None and timing.deleted_at is None:
+                due[key] = timing.next_due
+        heap[:] = [(at, key) for key, at in due.items()]
+        heapq.heapify(heap)
 
     def work_of(key: bytes) -> model.Work | None:
         raw = works.get(key)
@@ -76,21 +94,26 @@ def register(app: faust.App, config: Config, raw_topic: Any, job_commands: Any, 
             if decided and work is not None:
                 works[key] = _state_encoder.encode(work)
                 if work.next_due is not None and work.deleted_at is None:
-                    due[key] = work.next_due.isoformat().encode()
+                    if due.get(key) != work.next_due:
+                        due[key] = work.next_due
+                        heapq.heappush(heap, (work.next_due, key))
                 else:
                     due.pop(key, None)
 
     @app.timer(interval=TICK)
     async def scheduler() -> None:
         now = utcnow()
-        for key, value in list(due.items()):
-            if value is None or sent.get(key) == value:
-                continue
-            due_at = datetime.fromisoformat(value.decode())
-            if due_at <= now:
-                sent[key] = value
+        while heap and heap[0][0] <= now:
+            _, key = heapq.heappop(heap)
+            due_at = due.get(key)
+            if due_at is None or due_at > now:
+                continue  # fired, changed or deleted since
+            try:
                 await send_work_command(FireDue(command_id=new_id(), stream_id=key.decode(), issued_at=now,
                                                 actor="scheduler", due_at=due_at))
+            except Exception:  # try again at a later tick (a repeated fire-due for the same time decides nothing)
+                heapq.heappush(heap, (now + RETRY, key))
+                raise
 
     @app.agent(work_events)
     async def task_runner(stream: Any) -> None:
@@ -110,7 +133,10 @@ def register(app: faust.App, config: Config, raw_topic: Any, job_commands: Any, 
                     await _cancel(task_id, "its work was deleted")
 
     async def _start_task(spec: WorkSpec, event: TaskScheduled) -> None:
-        command, binary, inputs = await asyncio.to_thread(task_command, spec, config)
+        if spec.category == "SHELL":
+            command, binary, inputs = task_command(spec, config)
+        else:  # Flink's jars may have to be fetched first
+            command, binary, inputs = await asyncio.to_thread(task_command, spec, config)
         job_id = model.job_id_of(event.task_id)
         await job_commands.send(key=job_id.encode(), value=encode(RunJob(
             command_id=new_id(), stream_id=job_id, issued_at=event.occurred_at, actor=event.actor or spec.user_id,
@@ -123,21 +149,13 @@ def register(app: faust.App, config: Config, raw_topic: Any, job_commands: Any, 
         await job_commands.send(key=job_id.encode(), value=encode(CancelJob(
             command_id=new_id(), stream_id=job_id, issued_at=utcnow(), actor="scheduler", reason=reason)))
 
-    @app.agent(job_events)
-    async def task_tracker(stream: Any) -> None:
-        async for key, raw in stream.items():
-            try:
-                event = decode_event(raw)
-            except DecodeError:
-                continue
-            state = _JOB_STATE.get(type(event))
-            if state is None:
-                continue
-            job_raw = jobs_table.get(key)
-            labels = msgspec.json.decode(job_raw).get("labels", {}) if job_raw else {}
-            work_id, task_id = labels.get("work_id"), labels.get("task_id")
-            if work_id and task_id:
-                await send_work_command(RecordTaskJob(
-                    command_id=new_id(), stream_id=work_id, issued_at=utcnow(), actor="tracker",
-                    task_id=task_id, job_state=state, at=event.occurred_at))
+    async def job_finished(job: Job) -> None:
+        """Called by the lifecycle agent after any command for a finished job: a task's job tells its
+        work (again, after a redelivery: the work ignores an end it has recorded)."""
+        work_id, task_id = job.labels.get("work_id"), job.labels.get("task_id")
+        if work_id and task_id and job.finished_at is not None:
+            await send_work_command(RecordTaskJob(
+                command_id=new_id(), stream_id=work_id, issued_at=utcnow(), actor="tracker",
+                task_id=task_id, job_state=job.state, at=job.finished_at))
 
+    return job_finished

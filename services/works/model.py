@@ -63,7 +63,7 @@ class Work(msgspec.Struct, kw_only=True):
     next_due: datetime | None = None
     fired_once: bool = False
     running: list[str] = []
-    recent: list[str] = []  # last task ids, to ignore a redelivered run-now
+    recent: list[str] = []  # last run-now task ids, to ignore a redelivered run-now
     version: int = 0
     correlation_id: str = ""
 
@@ -83,7 +83,8 @@ def evolve(work: Work | None, event: WorkEvent) -> Work:
             work.deleted_at, work.next_due, work.running = event.occurred_at, None, []
         case TaskScheduled():
             work.running = [t for t in work.running if t not in event.cancel_tasks] + [event.task_id]
-            work.recent = (work.recent + [event.task_id])[-_RECENT:]
+            if event.reason == "manual":  # scheduled task ids are derived from their due time already
+                work.recent = (work.recent + [event.task_id])[-_RECENT:]
             work.next_due = event.next_due
             work.fired_once = work.fired_once or event.reason in ("schedule", "catch-up")
         case TaskSkipped() | TasksMissed():

@@ -28,7 +28,9 @@ async def test_history_of_a_job_is_its_ordered_events(alice: httpx.AsyncClient, 
     assert sequences == list(range(1, len(sequences) + 1))  # the whole stream, in order
     first = history["events"][0]
     assert first["actor"] == "alice" and first["data"]["command"] == "echo audit" and first["correlation_id"]
-    assert len({e["causation_id"] for e in history["events"]}) == len(sequences)
+    causes = [e["causation_id"] for e in history["events"]]
+    assert all(causes) and causes[0] not in causes[1:]  # the run command; then the executor's (a short
+    # job's start and finish are decided from one job.finish command, so they may share a cause)
     assert (await bob.get(f"/api/history/job/{job_id}")).status_code == 403
     assert (await alice.get("/api/history/job/not-a-uuid")).status_code == 400
     assert (await alice.get("/api/history/planet/x")).status_code == 400

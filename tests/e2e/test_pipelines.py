@@ -48,3 +48,18 @@ async def test_template_and_wait_false(alice: httpx.AsyncClient) -> None:
         return body if body["state"] != "running" else None
 
     assert (await eventually(finished, timeout=20))["state"] == "succeeded"
+
+
+async def test_step_latency_in_metrics(alice: httpx.AsyncClient, admin: httpx.AsyncClient) -> None:
+    name = f"metrics-{uuid.uuid4().hex[:8]}"
+    assert (await alice.put(f"/api/pipelines/{name}", json=["GET /lib/bypass", "POST /lib/bypass"])).status_code == 201
+    assert (await alice.post(f"/p/{name}", json={"a": 1})).status_code == 200
+
+    async def exported() -> str | None:
+        text = (await admin.get("/metrics")).text
+        wanted = ('skyjobs_pipeline_step_latency_seconds{method="GET",quantile="0.99"}',
+                  'skyjobs_pipeline_step_latency_seconds{method="POST",quantile="0.5"}',
+                  "skyjobs_pipeline_run_latency_seconds{", 'skyjobs_pipeline_runs{state="succeeded"}')
+        return text if all(w in text for w in wanted) else None
+
+    await eventually(exported, timeout=20, what="pipeline step latency in /metrics")

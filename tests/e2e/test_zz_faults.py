@@ -33,7 +33,7 @@ async def _run(client: httpx.AsyncClient, command: str) -> str:
 async def test_executor_killed_mid_job_reruns_it(stack: Stack, alice: httpx.AsyncClient) -> None:
     job_id = await _run(alice, "sleep 2; echo survived")
     await wait_state(alice, job_id, "running")
-    stack.supervisor.kill("worker")  # SIGKILL; the supervisor starts a new worker a second later
+    stack.supervisor.kill("executor")  # SIGKILL; the supervisor starts a new executor a second later
     info = await wait_state(alice, job_id, "succeeded", "failed", timeout=120)
     assert info["state"] == "succeeded", info
     assert info["attempt"] == 2, info

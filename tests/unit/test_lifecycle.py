@@ -75,6 +75,26 @@ def test_start_then_finish_succeeds(job_id: str) -> None:
     assert [e.sequence for e in events] == [1, 2, 3]
 
 
+def test_short_job_reports_start_and_finish_in_one_command(job_id: str) -> None:
+    started_at = T0 - timedelta(milliseconds=30)
+    job, events = given(
+        run(job_id),
+        FinishJob(**meta(job_id), executor_id="e1", attempt=1, exit_code=0, answer_id="a", started_at=started_at),
+    )
+    assert [type(e) for e in events] == [JobSubmitted, JobStarted, JobSucceeded]
+    assert [e.sequence for e in events] == [1, 2, 3]
+    assert events[1].occurred_at == started_at and events[1].executor_id == "e1"
+    assert job is not None and job.state == "succeeded" and job.started_at == started_at
+
+
+def test_short_job_finish_after_cancel_or_elsewhere_decides_nothing(job_id: str) -> None:
+    short = FinishJob(**meta(job_id), executor_id="e2", attempt=1, exit_code=0, started_at=T0)
+    job, events = given(run(job_id), CancelJob(**meta(job_id)), short)
+    assert [type(e) for e in events] == [JobSubmitted, JobCancelled]
+    job, events = given(run(job_id), StartJob(**meta(job_id), executor_id="e1", attempt=1), short)
+    assert [type(e) for e in events] == [JobSubmitted, JobStarted] and job is not None and job.executor_id == "e1"
+
+
 def test_nonzero_exit_fails_with_reason(job_id: str) -> None:
     job, _ = given(
         run(job_id),

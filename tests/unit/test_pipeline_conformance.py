@@ -1,6 +1,7 @@
-"""Conformance: each case is a spec, a request and the expected response, run by the in-process
-engine against real local HTTP services (tests/unit/pipeline_services.py), including the seed's three
-examples."""
+"""Conformance: each case is a spec, a request and the expected response, run by the workers' executor
+and flow (in one process: services/pipelines/local.py) against real local HTTP services
+(tests/unit/pipeline_services.py), including the seed's three examples. tests/e2e/test_pipelines.py
+runs the same cases through the whole stack (Kafka, the pipeline workers, the API)."""
 
 from __future__ import annotations
 
@@ -12,16 +13,18 @@ from typing import Any
 import orjson
 import pytest
 
-from services.pipelines.engine import Caller, Engine, HttpTransport, Settings
+from services.pipelines.flow import Caller, Settings
+from services.pipelines.local import LocalRuns
 from services.pipelines.messages import Message
 from services.pipelines.spec import parse
+from services.pipelines.transport import HttpTransport
 from tests.unit.pipeline_services import Recorder, fixture_app, serving
 
 
 @dataclass
 class Env:
     url: str
-    engine: Engine
+    runs: LocalRuns
     app: Any
     recorder: Recorder
 
@@ -36,7 +39,7 @@ async def env() -> AsyncIterator[Env]:
     app = fixture_app(recorder)
     async with serving(app) as url:
         transport = HttpTransport()
-        yield Env(url, Engine(transport, Settings(self_url=url, max_fanout=20)), app, recorder)
+        yield Env(url, LocalRuns(transport, Settings(self_url=url, max_fanout=20)), app, recorder)
         await transport.close()
 
 
@@ -61,7 +64,7 @@ async def run(env: Env, case: Case) -> Message:
     message = Message(headers={"content-type": "application/json"} if case.body is not None else {}, body=body,
                       method=case.method)
     caller = Caller(case.method, "/p/test", case.path, case.query, case.headers)
-    return await env.engine.run(parse(case.spec), message, caller)
+    return await env.runs.run(parse(case.spec), message, caller)
 
 
 CASES: dict[str, Case] = {
@@ -133,6 +136,21 @@ CASES: dict[str, Case] = {
                                        {"k": "Object.keys($).sort()"}], json={"k": ["a", "b"]}),
     "zip then unzip": Case([["GET /echo/a ~a", "GET /echo/b ~b"], "zip", "unzip", "jsonObject",
                             {"n": "Object.keys($).length"}], json={"n": 2}),
+    # --- accounting: joiners wait for exactly the messages sent towards them ---
+    "a dropped part still completes the join": Case(["serial stop next", "jsonSplit", "if (body() > 1) /double",
+                                                     "jsonObject"], body=[1, 2, 3], json={"1": 4, "2": 6, "length": 2}),
+    "parts that leave early skip the join": Case(["serial next end", "jsonSplit", "/double", "jsonObject"],
+                                                 body=[1, 2], json={}),
+    "teeWait with a fork inside waits for all of it": Case([["teeWait", "jsonSplit", "/double"], {"v": "v"}],
+                                                           body={"v": 2, "w": 3}, json={"v": 2}),
+    "a top-level parallel pipeline": Case(["parallel", "GET /echo/a", "GET /echo/b"], contains='"path":"/echo/'),
+    "a failed branch fails the run": Case([["GET /status/500", "GET /slow/50"], "jsonObject"], status=500,
+                                          contains="status 500"),
+    "all branches dropped give an empty join": Case([["if (name !== '0') GET /echo/a",
+                                                      "if (name === 'zz') GET /echo/b"], "jsonObject"],
+                                                    body={"a": 1}, json={}),
+    "a join after a join": Case(["jsonSplit", "/double", "jsonObject", "jsonSplit", "/double", "jsonObject"],
+                                body={"a": 1, "b": 2}, json={"a": 4, "b": 8}),
     # --- transformations and variables ---
     "transformation with helpers": Case([{"total": "expressionReduce(items, 0, '$previous + price')",
                                           "names": ["expressionMap()", "items", "name.toUpperCase()"],
@@ -177,7 +195,8 @@ async def test_target_host_gets_the_authorization_only(env: Env) -> None:
     spec = [f"targetHost {env.url}", "GET /echo/a", {"auth": "auth"}]
     result = await run(env, Case(spec, headers={"authorization": "Bearer t"}))
     assert orjson.loads(result.body) == {"auth": "Bearer t"}
-    other = Engine(env.engine.transport, Settings(self_url="http://127.0.0.1:1", allowed_hosts=frozenset({"127.0.0.1"})))
+    other = LocalRuns(env.runs.executor.transport,
+                      Settings(self_url="http://127.0.0.1:1", allowed_hosts=frozenset({"127.0.0.1"})))
     absolute = await other.run(parse([f"GET {env.url}/echo/a", {"auth": "auth"}]), Message(),
                                Caller("GET", headers={"authorization": "Bearer t"}))
     assert orjson.loads(absolute.body) == {"auth": None}

@@ -16,7 +16,7 @@ from events.services import Argument, Description
 from events.tasks import TaskAnswered, TaskAttemptFailed, TaskSubmitted
 from events.topics import TASK_EVENTS
 from services.config import Config, ProxySettings
-from services.proxy.consumer import Message, _Acks
+from services.consumer import Message, _Acks
 from services.proxy.instances import InstanceUnreachable
 from services.proxy.registry import Instance, Service
 from services.proxy.router import Router
@@ -84,7 +84,7 @@ async def test_a_replayed_task_answered_meanwhile_is_not_run_again() -> None:
     await router.on_assigned([TP], {TP: len(log)})
     for offset, raw in enumerate(log):
         acks.received.append(offset)
-        await router.on_task_event(Message(TP, offset, raw, acks))
+        await router.on_message(Message(TP, offset, raw, acks))
 
     async def second_done() -> bool:
         return acks.committable() == 3
@@ -101,7 +101,7 @@ async def test_an_unreachable_instance_is_suspected_and_the_task_retried_on_the_
     await router.on_assigned([TP], {TP: 0})
     for offset, task in enumerate(tasks):
         acks.received.append(offset)
-        await router.on_task_event(Message(TP, offset, encode(task), acks))
+        await router.on_message(Message(TP, offset, encode(task), acks))
 
     async def all_done() -> bool:
         return acks.committable() == 4

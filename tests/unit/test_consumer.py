@@ -1,8 +1,8 @@
-"""The task consumer commits a partition up to its first task not acknowledged yet."""
+"""The acking consumer commits a partition up to its first task not acknowledged yet."""
 
 from __future__ import annotations
 
-from services.proxy.consumer import _Acks
+from services.consumer import _Acks
 
 
 def test_commits_stop_at_the_first_unacknowledged_offset() -> None:

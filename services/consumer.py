@@ -1,8 +1,11 @@
-"""The router's consumer of `skyjobs.task-events`: acknowledged out of order, committed in order.
+"""A consumer whose messages are acknowledged out of order and committed in order.
 
-A task's `task.submitted` message is acknowledged when the task ends, in whatever order tasks end;
-the committed offset of a partition is its first message not acknowledged yet. A router that dies
-leaves its unfinished tasks (and the ones after them, up to the last commit) to the next owner.
+The router's `task.submitted` and the executors' `job.submitted` messages are acknowledged when
+their task or job ends, in whatever order they end; the committed offset of a partition is its
+first message not acknowledged yet. A process that dies leaves its unfinished work (and the
+messages after it, up to the last commit) to the next owner of the partition, which first reads up
+to the end the partition had when it got it (`on_assigned` gets those ends) so that work finished
+meanwhile is not done twice.
 
 Why not a faust agent: measured here, faust 0.15's fetcher (fetch_max_wait_ms fixed at 1500 and
 partitions dropped from fetching under buffer pressure) stalled deliveries for 1.5 s once about 60
@@ -23,11 +26,8 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
-from events.topics import TASK_EVENTS
-
 log = logging.getLogger(__name__)
 
-GROUP = "skyjobs-proxy-tasks"
 COMMIT_INTERVAL = 0.5
 
 
@@ -70,11 +70,11 @@ class Handler(Protocol):
 
     def on_revoked(self, tps: set[Any]) -> None: ...
 
-    async def on_task_event(self, message: Any) -> None: ...
+    async def on_message(self, message: Any) -> None: ...
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, owner: TaskConsumer) -> None:
+    def __init__(self, owner: AckingConsumer) -> None:
         self.owner = owner
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
@@ -84,15 +84,18 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.owner.assigned(set(assigned))
 
 
-class TaskConsumer:
-    def __init__(self, bootstrap: str, handler: Handler, fetch_max_wait_ms: int = 50,
+class AckingConsumer:
+    """Feeds every message of `topic` (partitions shared by `group`) to the handler, in order per partition."""
+
+    def __init__(self, bootstrap: str, topic: str, group: str, handler: Handler, fetch_max_wait_ms: int = 50,
                  session_timeout: float = 10.0) -> None:
         self.bootstrap = bootstrap
+        self.topic = topic
         self.handler = handler
         self.acks: dict[TopicPartition, _Acks] = {}
         self.committed: dict[TopicPartition, int] = {}
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False, auto_offset_reset="earliest",
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, auto_offset_reset="earliest",
             fetch_max_wait_ms=fetch_max_wait_ms, max_poll_records=1000,
             session_timeout_ms=int(session_timeout * 1000), heartbeat_interval_ms=int(session_timeout * 1000 / 5),
             max_partition_fetch_bytes=4 * 1024 * 1024,
@@ -111,7 +114,7 @@ class TaskConsumer:
         try:
             ends = dict(await self.consumer.end_offsets(mine))
         except KafkaError as exc:  # without the ends, replayed tasks run at once (at-least-once still)
-            log.warning("could not read the end offsets of %s: %r", TASK_EVENTS, exc)
+            log.warning("could not read the end offsets of %s: %r", self.topic, exc)
         for tp in mine:
             self.acks[tp] = _Acks()
         await self.handler.on_assigned(mine, ends)
@@ -128,16 +131,16 @@ class TaskConsumer:
             await self.consumer.commit(offsets)
             self.committed.update(offsets)
         except KafkaError as exc:  # a rebalance under way: the next owner replays a little more
-            log.warning("committing task offsets failed: %r", exc)
+            log.warning("committing %s offsets failed: %r", self.topic, exc)
 
     async def run(self, started: Callable[[], Awaitable[None]] | None = None) -> None:
-        self.consumer.subscribe([TASK_EVENTS], listener=_Rebalance(self))
+        self.consumer.subscribe([self.topic], listener=_Rebalance(self))
         while True:
             try:
                 await self.consumer.start()
                 break
             except KafkaError as exc:
-                log.warning("task consumer could not start (%r); retrying", exc)
+                log.warning("consumer of %s could not start (%r); retrying", self.topic, exc)
                 await asyncio.sleep(1)
         committer = asyncio.ensure_future(self._commit_forever())
         try:
@@ -147,7 +150,7 @@ class TaskConsumer:
                 try:
                     batch = await self.consumer.getmany(timeout_ms=1000)
                 except KafkaError as exc:  # the broker went away: aiokafka reconnects; anything else crashes
-                    log.warning("task consumer: %r; retrying", exc)  # the router, and the supervisor restarts it
+                    log.warning("consumer of %s: %r; retrying", self.topic, exc)  # its process, and the supervisor restarts it
                     await asyncio.sleep(1)
                     continue
                 for tp, records in batch.items():
@@ -156,7 +159,7 @@ class TaskConsumer:
                         continue
                     for record in records:
                         acks.received.append(record.offset)
-                        await self.handler.on_task_event(Message(tp, record.offset, record.value, acks))
+                        await self.handler.on_message(Message(tp, record.offset, record.value, acks))
         finally:
             committer.cancel()
             with contextlib.suppress(Exception):

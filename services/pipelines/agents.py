@@ -1,0 +1,619 @@
+"""The pipeline workers: `skyjobs pipelines`, one or many (a faust app, "skyjobs-pipelines").
+
+    API ── pipeline.continue (the run's first token) ──> skyjobs.pipeline-work ──work consumer──> steps (HTTP)
+                          ^                                                          │
+                          └──── forked tokens (key: run + token: spread) ────────────┤
+    skyjobs.pipeline-parts <── pipeline.arrive (key: run) ───────────────────────────┤
+       └──parts agent: joiners and the run's end, faust table "pipeline-joins"       │
+                └──> joined token (pipeline-work), pipeline.run-ended ──> skyjobs.pipeline-runs ──> API
+    skyjobs.pipeline-steps <── step-requested / step-responded ───────────────────────┘
+    skyjobs.pipeline-commands ──spec agent (faust table "pipeline-specs")──> skyjobs.pipeline-events
+
+Work consumer (a plain aiokafka group, services/consumer.py; faust's fetcher cost a millisecond a
+hop and most of the throughput, measured in BENCHMARKS.md): a token's message stays unacknowledged
+until everything it led to is in Kafka, so a worker that dies mid-run leaves the token to the next
+owner of its partition, which runs it again. Before a token attempt's first unsafe request the
+journal (services/pipelines/journal.py) records it, durably; the next owner then knows what may
+have been sent (services/pipelines/executor.py). A token that made unsafe requests is marked done
+before it is acknowledged, so a redelivered copy is skipped. Forked children whose key lands on the
+partition being worked run here at once.
+
+Parts agent: the arrivals at one accounting point are kept in the table until their credits add
+up to 1 (services/pipelines/flow.py), then joined; a duplicate arrival is recognised by its token
+id. A timer in every worker sends `expired` for the points of its partitions whose run is past its
+deadline: the run fails with 504 instead of waiting for ever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any
+
+import faust
+import msgspec
+import orjson
+from aiokafka import AIOKafkaProducer, TopicPartition
+
+from events.base import new_id, utcnow
+from events.codec import DecodeError, decode_command_of, encode
+from events.files import FileStored
+from events.pipelines import (
+    Arrive,
+    Body,
+    ContinueRun,
+    PipelineCommand,
+    RunEnded,
+    RunFannedOut,
+    RunJoined,
+    RunStarted,
+)
+from events.pipelines import Token as WireToken
+from events.topics import (
+    DEAD_LETTERS,
+    FILE_EVENTS,
+    PIPELINE_COMMANDS,
+    PIPELINE_EVENTS,
+    PIPELINE_PARTS,
+    PIPELINE_RUNS,
+    PIPELINE_STEPS,
+    PIPELINE_WORK,
+)
+from services.blobs import LocalBlobStore
+from services.config import Config
+from services.consumer import AckingConsumer
+from services.consumer import Message as Record
+from services.pipelines import catalog
+from services.pipelines.executor import Executor, Run, Runs, credit0, step_event
+from services.pipelines.flow import (
+    END,
+    Arrival,
+    Caller,
+    Failed,
+    Flow,
+    Fork,
+    Point,
+    Settings,
+    Token,
+    answer,
+    joined_token,
+)
+from services.pipelines.journal import Journal, JournalStore, partition_of
+from services.pipelines.messages import Message, error_message
+from services.pipelines.settings import from_env
+from services.pipelines.spec import Spec, parse
+from services.pipelines.transport import HttpTransport
+from services.pipelines.wire import Bodies
+
+log = logging.getLogger(__name__)
+
+APP_ID = "skyjobs-pipelines"
+ACTOR = "skyjobs-pipelines"
+MAX_IN_FLIGHT = 5000  # tokens one worker runs at once; the work agent waits beyond
+WORK_GROUP = "skyjobs-pipelines-work"
+REVOKE_WAIT = 5.0  # seconds a rebalance waits for the tokens in flight of the partitions it moves
+ENDED_KEPT = 60.0  # seconds an ended run's end point is kept after its deadline (late arrivals are dropped)
+
+
+@lru_cache(maxsize=512)
+def parse_spec(raw: bytes) -> Spec:
+    return parse(orjson.loads(raw))
+
+
+def encode_event(event: Any) -> bytes:
+    """An event's JSON without NUL characters: Postgres keeps neither them in text nor `\u0000` in jsonb,
+    and a caller's path, a response's error text or a part's name may hold one."""
+    raw = encode(event)
+    return raw.replace(b"\\u0000", b"\\ufffd") if b"\\u0000" in raw else raw
+
+
+def state_label(status: int) -> str:
+    return "succeeded" if status < 400 else "failed"
+
+
+def token_key(run_id: str, token: Token | WireToken, route: str | None) -> str:
+    return route or f"{run_id}:{token.token_id}"
+
+
+class Worker:
+    """The state and behaviour of one pipelines process; `create_app` wires it to faust."""
+
+    def __init__(self, config: Config, settings: Settings) -> None:
+        self.config = config
+        self.settings = settings
+        self.partitions = config.partitions
+        self.actor = f"{ACTOR}:{config.worker_id}"  # which worker wrote an event (the run record shows it)
+        self.executor = Executor(HttpTransport(), settings, self.actor)
+        self.runs = Runs()
+        self.bodies = Bodies(LocalBlobStore(config.blob_dir), settings.inline_limit, self._publish_file)
+        self.producer: AIOKafkaProducer | None = None
+        self.audit: AIOKafkaProducer | None = None
+        self.journal: JournalStore | None = None
+        self.running: set[str] = set()
+        self.in_flight: dict[int, set[asyncio.Task[None]]] = {}  # work partition -> its tokens running
+        self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+        self.swept: dict[str, float] = {}
+        self._starting = asyncio.Lock()
+
+    async def start(self) -> None:
+        async with self._starting:
+            while self.producer is None or self.audit is None:
+                try:
+                    # Two connections: what a run waits for (tokens, arrivals, its end, the journal) never
+                    # queues behind the audit events (step requests and responses) on the way to the broker.
+                    self.producer = self.producer or await self._producer(linger_ms=0)
+                    self.audit = self.audit or await self._producer(linger_ms=2)
+                except Exception as exc:
+                    log.warning("pipelines: Kafka not there yet (%r); retrying", exc)
+                    await asyncio.sleep(1)
+            if self.journal is None:
+                self.journal = JournalStore(self.config.kafka_bootstrap, self.partitions, self.producer)
+
+    async def _producer(self, linger_ms: int) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap, acks="all", enable_idempotence=True,
+                                    linger_ms=linger_ms, max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    async def stop(self) -> None:
+        for producer in (self.producer, self.audit):
+            if producer is not None:
+                await producer.stop()
+        transport = self.executor.transport
+        if isinstance(transport, HttpTransport):
+            await transport.close()
+
+    async def send(self, topic: str, key: str, value: bytes, audit: bool = False) -> asyncio.Future[Any]:
+        """Produce; returns the future of Kafka's acknowledgement."""
+        if self.producer is None or self.audit is None:
+            await self.start()
+        producer = self.audit if audit else self.producer
+        assert producer is not None
+        future: asyncio.Future[Any] = await producer.send(topic, value, key=key.encode())
+        return future
+
+    async def _publish_file(self, event: FileStored) -> None:
+        await (await self.send(FILE_EVENTS, event.stream_id, encode(event)))
+
+    def partition_of(self, key: str) -> int:
+        return partition_of(key, self.partitions)
+
+    # --- runs ---------------------------------------------------------------------------------------
+
+    def run_of(self, run_id: str, w: WireToken, correlation_id: str | None) -> Run:
+        run = self.runs.get(run_id)
+        if run is None:
+            spec = parse_spec(bytes(w.spec))
+            c = w.caller
+            caller = Caller(c.method, c.base_path, c.service_path, tuple((k, v) for k, v in c.query), dict(c.headers),
+                            {"user_id": c.user_id, "role": c.role}, c.depth)
+            run = Run(run_id, w.pipeline, spec, bytes(w.spec), caller, w.deadline, Message(),
+                      Flow(spec, caller, self.settings, run_id), correlation_id or run_id, w.route,
+                      asyncio.Semaphore(spec.concurrency) if spec.concurrency else None)
+            run.wire_caller = c  # type: ignore[attr-defined]
+            self.runs.put(run)
+        return run
+
+    def base(self, run: Run) -> dict[str, Any]:
+        return {"pipeline": run.pipeline, "spec": msgspec.Raw(run.spec_raw), "caller": run.wire_caller,  # type: ignore[attr-defined]
+                "deadline": run.deadline, "route": run.route, "label": f"pipeline-run-{run.run_id}"}
+
+    def owner(self, run: Run) -> str:
+        user = run.caller.user
+        return str(user.get("user_id", "")) if isinstance(user, dict) else ""
+
+    async def wire(self, run: Run, token: Token) -> WireToken:
+        return await self.bodies.token_to_wire(token, self.base(run), self.owner(run))
+
+    def meta(self, run: Run, causation: str | None = None) -> dict[str, Any]:
+        return {"event_id": new_id(), "stream_id": run.run_id, "sequence": run.next_sequence(),
+                "occurred_at": utcnow(), "correlation_id": run.correlation_id, "causation_id": causation,
+                "actor": self.actor}
+
+    async def on_token(self, command: ContinueRun, partition: int) -> None:
+        w = command.token
+        run = self.run_of(command.stream_id, w, command.correlation_id)
+        assert self.journal is not None
+        journal = Journal(self.journal, token_key(run.run_id, w, run.route), run.deadline + ENDED_KEPT)
+        if journal.done:
+            return
+        sink = KafkaSink(self, run, partition)
+        if w.token_id == "r" and not w.pending and w.frames[-1].index == 0:
+            c = run.caller
+            await sink.emit(PIPELINE_RUNS, RunStarted(
+                **{**self.meta(run), "sequence": 1}, pipeline=run.pipeline, user_id=self.owner(run),
+                method=c.method, path=c.base_path + (("/" + c.service_path.lstrip("/")) if c.service_path else ""),
+                query="&".join(f"{k}={v}" for k, v in c.query), depth=c.depth, deadline=run.deadline))
+        try:
+            token = await self.bodies.token_from_wire(w, run.caller.user, run.caller.headers)
+        except Exception as exc:  # a body that cannot be read back ends the run, with the reason
+            await sink.ended(run, error_message(500, f"the run's message could not be read: {exc}"), None)
+        else:
+            await self.executor.run_token(run, token, journal, sink)
+        await sink.flush()
+        await journal.finish()
+
+    # --- accounting points ---------------------------------------------------------------------------
+
+    async def on_arrive(self, arrive: Arrive, raw: bytes, joins: Any) -> None:
+        run_id = arrive.stream_id
+        tally_key = f"{run_id}|{arrive.point}"
+        end_key = f"{run_id}|{END}"
+        state = _load(joins.get(tally_key.encode()))
+        if arrive.outcome == "expired":
+            await self._expire(arrive, joins, state)
+            return
+        if arrive.point != END:
+            ended = _load(joins.get(end_key.encode()))
+            if ended is not None and ended.get("ended"):
+                return  # the run is over (a failure elsewhere): nothing joins any more
+        assert arrive.token is not None
+        w = arrive.token
+        run = self.run_of(run_id, w, arrive.correlation_id)
+        if arrive.outcome == "failed" and arrive.point == END:
+            if state is None or not state.get("ended"):
+                failure = await self.bodies.from_wire(arrive.failure or Body(status=500))
+                await self._end(run, failure, joins, end_key)
+            return
+        point = Point(arrive.kind, arrive.level)
+        if state is not None:
+            if state.get("ended"):
+                return
+            point.credit = _fraction(state["credit"])
+            point.received = set(state["received"])
+            if state.get("last_order") is not None:
+                point.last_order = tuple(state["last_order"])
+        arrival = Arrival(self._stub(w), arrive.point, arrive.kind, arrive.level, None, arrive.outcome != "notice")
+        if arrive.outcome == "message":
+            arrival.message = Message()
+        answer_so_far = point.last_order
+        if not point.add(arrival):
+            return
+        part_id = w.token_id + ("~" if arrive.outcome == "notice" else "")
+        if arrive.point == END:
+            if arrive.outcome == "message" and point.last_order != answer_so_far:
+                joins[f"{tally_key}|last".encode()] = raw
+        else:
+            joins[f"{tally_key}|{part_id}".encode()] = raw
+        if not point.complete:
+            joins[tally_key.encode()] = orjson.dumps({"kind": arrive.kind, "level": arrive.level,
+                                                      "credit": str(point.credit), "received": sorted(point.received),
+                                                      "deadline": w.deadline, "owner": self.owner(run),
+                                                      "last_order": point.last_order})
+            return
+        if arrive.point == END:
+            last_raw = joins.get(f"{tally_key}|last".encode())
+            last = None
+            if last_raw:
+                last_arrive = decode_command_of(last_raw, Arrive)
+                assert last_arrive.token is not None
+                last = await self.bodies.from_wire(last_arrive.token.message)
+            await self._end(run, answer(last, Message()), joins, end_key)
+            return
+        arrivals = []
+        for pid in sorted(point.received):
+            part_raw = joins.pop(f"{tally_key}|{pid}".encode(), None)
+            if part_raw is None:
+                continue
+            part = decode_command_of(part_raw, Arrive)
+            assert part.token is not None
+            token = await self.bodies.token_from_wire(part.token, run.caller.user, run.caller.headers)
+            arrivals.append(Arrival(token, part.point, part.kind, part.level,
+                                    token.message if part.outcome == "message" else None, part.outcome != "notice"))
+        joins.pop(tally_key.encode(), None)
+        joined = joined_token(arrivals, arrive.point)
+        deliveries = [await self.send(PIPELINE_RUNS, run_id, audit=True, value=encode_event(RunJoined(
+            **self.meta(run), token_id=joined.token_id, point=arrive.point, kind=arrive.kind,
+            parts=len(arrivals), messages=sum(1 for a in arrivals if a.message is not None),
+            user_id=self.owner(run) or None)))]
+        # What a join leads to without a request (transformations, the run's end) is done here: the
+        # commonest pipelines end with their joiner, and this saves them a hop through pipeline-work.
+        probe = copy.deepcopy(joined)
+        outcomes = run.flow.advance(probe)
+        if len(outcomes) == 1 and isinstance(outcomes[0], Arrival | Failed) and credit0(outcomes[0].token) == 1 and (
+                isinstance(outcomes[0], Failed) or (outcomes[0].point == END and outcomes[0].passes)):
+            done = outcomes[0]
+            result = done.message if isinstance(done, Failed) else answer(done.message, Message())
+            for delivery in deliveries:
+                await delivery
+            await self._end(run, result, joins, end_key)
+            return
+        wire = await self.wire(run, joined)
+        deliveries.append(await self.send(PIPELINE_WORK, token_key(run_id, joined, run.route), encode(ContinueRun(
+            command_id=new_id(), stream_id=run_id, issued_at=utcnow(), actor=self.actor,
+            correlation_id=run.correlation_id, token=wire))))
+        for delivery in deliveries:
+            await delivery
+
+    @staticmethod
+    def _stub(w: WireToken) -> Token:
+        return Token(w.token_id, list(w.frames), Message(), {}, w.budget, w.tracked, tuple(w.order))
+
+    async def _end(self, run: Run, result: Message, joins: Any, end_key: str) -> None:
+        joins.pop(f"{end_key}|last".encode(), None)
+        joins[end_key.encode()] = orjson.dumps({"ended": True, "deadline": run.deadline, "kind": END, "level": 0,
+                                                "owner": self.owner(run)})
+        event = await self.ended_event(run.run_id, run.correlation_id, self.owner(run), result, run.next_sequence())
+        await (await self.send(PIPELINE_RUNS, run.run_id, encode_event(event)))
+
+    async def ended_event(self, run_id: str, correlation_id: str, owner: str, result: Message,
+                          sequence: int) -> RunEnded:
+        output = await self.bodies.to_wire(result, owner, f"pipeline-run-{run_id}")
+        error = result.error_message()[:1000] if result.status >= 400 else None
+        return RunEnded(event_id=new_id(), stream_id=run_id, sequence=sequence, occurred_at=utcnow(),
+                        correlation_id=correlation_id, actor=self.actor, state=state_label(result.status),
+                        status=result.status, output=output, error=error, user_id=owner or None)
+
+    async def _expire(self, arrive: Arrive, joins: Any, state: dict[str, Any] | None) -> None:
+        run_id = arrive.stream_id
+        prefix = f"{run_id}|"
+        end_key = f"{run_id}|{END}"
+        ended = _load(joins.get(end_key.encode()))
+        if ended is None or not ended.get("ended"):
+            deadline = (state or {}).get("deadline", time.time())
+            text = (f"the pipeline did not finish within {self.settings.run_timeout:g} s" if arrive.point == END else
+                    f"the joiner {arrive.point.rsplit('#', 1)[-1]} did not get all its messages before the run's "
+                    f"deadline ({self.settings.run_timeout:g} s)")
+            owner = str((state or {}).get("owner", ""))
+            for key in [k for k in list(joins.keys()) if k.decode().startswith(prefix)]:
+                joins.pop(key, None)
+            joins[end_key.encode()] = orjson.dumps({"ended": True, "deadline": deadline, "kind": END, "level": 0})
+            event = await self.ended_event(run_id, arrive.correlation_id or run_id, owner, error_message(504, text),
+                                           1_000_000)
+            await (await self.send(PIPELINE_RUNS, run_id, encode_event(event)))
+            return
+        if time.time() > float(ended.get("deadline", 0)) + ENDED_KEPT:  # long over: forget the run
+            for key in [k for k in list(joins.keys()) if k.decode().startswith(prefix)]:
+                joins.pop(key, None)
+
+    async def sweep(self, joins: Any) -> None:
+        """Send `expired` for the points of this worker's partitions whose run is past its deadline."""
+        now = time.time()
+        for raw_key, raw in list(joins.items()):
+            key = raw_key.decode()
+            if key.count("|") != 1:
+                continue
+            state = _load(raw) or {}
+            due = float(state.get("deadline", now)) + (ENDED_KEPT if state.get("ended") else 1.0)
+            if now < due or self.swept.get(key, 0) > now - 5:
+                continue
+            self.swept[key] = now
+            run_id, point = key.split("|", 1)
+            await self.send(PIPELINE_PARTS, run_id, encode(Arrive(
+                command_id=new_id(), stream_id=run_id, issued_at=utcnow(), actor=self.actor, point=point,
+                kind=str(state.get("kind", END)), level=int(state.get("level", 0)), outcome="expired")))
+        for key, at in list(self.swept.items()):
+            if at < now - 300:
+                del self.swept[key]
+
+
+class KafkaSink:
+    """What one token execution sends; `flush` waits until Kafka has all of it."""
+
+    def __init__(self, worker: Worker, run: Run, partition: int) -> None:
+        self.worker = worker
+        self.run = run
+        self.partition = partition
+        self.pending: list[asyncio.Future[Any]] = []
+
+    async def emit(self, topic: str, event: Any) -> None:
+        """Send an event without waiting for Kafka (`flush` waits for all of them)."""
+        self.pending.append(await self.worker.send(topic, self.run.run_id, encode_event(event), audit=True))
+
+    async def _send(self, topic: str, key: str, value: bytes) -> None:
+        self.pending.append(await self.worker.send(topic, key, value))
+
+    def local(self, run: Run, token: Token) -> bool:
+        return self.worker.partition_of(token_key(run.run_id, token, run.route)) == self.partition
+
+    async def forked(self, run: Run, fork: Fork, sent: list[Token]) -> None:
+        await self.emit(PIPELINE_RUNS, RunFannedOut(**self.worker.meta(run), token_id=fork.parent.token_id,
+                                              element=fork.element, kind=fork.kind,
+                                              tokens=[t.token_id for t in fork.tokens],
+                                              user_id=self.worker.owner(run) or None))
+        for t in sent:
+            wire = await self.worker.wire(run, t)
+            await self._send(PIPELINE_WORK, token_key(run.run_id, t, run.route), encode(ContinueRun(
+                command_id=new_id(), stream_id=run.run_id, issued_at=utcnow(), actor=self.worker.actor,
+                correlation_id=run.correlation_id, token=wire)))
+
+    async def arrived(self, run: Run, arrival: Arrival) -> None:
+        t = arrival.token
+        carried = Token(t.token_id, t.frames, arrival.message or Message(), t.variables, t.budget, t.tracked,
+                        t.order, t.pending)
+        wire = await self.worker.wire(run, carried)
+        outcome = "message" if arrival.message is not None else ("share" if arrival.passes else "notice")
+        await self._send(PIPELINE_PARTS, run.run_id, encode(Arrive(
+            command_id=new_id(), stream_id=run.run_id, issued_at=utcnow(), actor=self.worker.actor,
+            correlation_id=run.correlation_id, point=arrival.point, kind=arrival.kind, level=arrival.level,
+            outcome=outcome, token=wire)))
+
+    async def failed(self, run: Run, failed: Failed) -> None:
+        t = failed.token
+        wire = await self.worker.wire(run, Token(t.token_id, t.frames[:1], Message(), {}, 0, True, t.order))
+        failure = await self.worker.bodies.to_wire(failed.message, self.worker.owner(run), f"pipeline-run-{run.run_id}")
+        await self._send(PIPELINE_PARTS, run.run_id, encode(Arrive(
+            command_id=new_id(), stream_id=run.run_id, issued_at=utcnow(), actor=self.worker.actor,
+            correlation_id=run.correlation_id, point=END, kind=END, level=0, outcome="failed", token=wire,
+            failure=failure)))
+
+    async def ended(self, run: Run, result: Message, token: Token | None) -> None:
+        event = await self.worker.ended_event(run.run_id, run.correlation_id, self.worker.owner(run), result,
+                                              run.next_sequence())
+        await self._send(PIPELINE_RUNS, run.run_id, encode_event(event))
+
+    async def event(self, run: Run, event: Any) -> None:
+        kind, base, fields = event
+        fields = {**fields, "user_id": self.worker.owner(run) or None}
+        await self.emit(PIPELINE_STEPS, step_event(kind, base, fields, new_id(), run.next_sequence(), utcnow()))
+
+    async def flush(self) -> None:
+        for delivery in self.pending:
+            await delivery
+
+
+def _load(raw: bytes | None) -> dict[str, Any] | None:
+    return orjson.loads(raw) if raw else None
+
+
+def _fraction(text: str) -> Fraction:
+    return Fraction(text)
+
+
+def _raw_topic(app: faust.App, name: str, partitions: int) -> Any:
+    return app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+                     partitions=partitions)
+
+
+def create_app(config: Config) -> faust.App:
+    settings = from_env(config)
+    app = faust.App(
+        APP_ID,
+        broker=f"kafka://{config.kafka_bootstrap}",
+        store="memory://",
+        topic_partitions=config.partitions,
+        web_enabled=False,
+        producer_acks=-1,
+        producer_linger=0.0,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=10,
+        broker_heartbeat_interval=2,
+        broker_commit_interval=1.0,
+        stream_wait_empty=True,  # a rebalance waits for the tokens in flight: their owner changes cleanly
+        table_standby_replicas=0,
+        topic_disable_leader=True,
+        key_serializer="raw",
+        value_serializer="raw",
+    )
+    worker = Worker(config, settings)
+    parts = _raw_topic(app, PIPELINE_PARTS, config.partitions)
+    commands = _raw_topic(app, PIPELINE_COMMANDS, config.partitions)
+    dead_letters = _raw_topic(app, DEAD_LETTERS, config.partitions)
+    kw: dict[str, Any] = {"default": None, "partitions": config.partitions, "key_type": bytes, "value_type": bytes}
+    joins = app.Table("pipeline-joins", **kw)
+    specs = app.Table("pipeline-specs", **kw)
+
+    async def dead_letter(key: Any, raw: bytes, exc: Exception) -> None:
+        await dead_letters.send(key=key, value=raw, headers={"skyjobs_reason": str(exc).encode()})
+
+    @app.task
+    async def work() -> None:
+        await worker.start()
+        await WorkConsumer(worker, dead_letter).run()
+
+    @app.agent(parts)
+    async def parts_agent(stream: Any) -> None:
+        await worker.start()
+        async for event in stream.events():
+            try:
+                arrive = decode_command_of(event.value, Arrive)
+            except DecodeError as exc:
+                await dead_letter(event.key, event.value, exc)
+                continue
+            try:
+                await worker.on_arrive(arrive, event.value, joins)
+            except Exception:
+                log.exception("pipeline arrival at %s of run %s failed", arrive.point, arrive.stream_id)
+
+    @app.agent(commands)
+    async def spec_agent(stream: Any) -> None:
+        await worker.start()
+        async for event in stream.events():
+            try:
+                command = decode_command_of(event.value, PipelineCommand)
+                if event.key != command.stream_id.encode():
+                    raise DecodeError(f"key {event.key!r} differs from stream_id {command.stream_id!r}")
+            except DecodeError as exc:
+                await dead_letter(event.key, event.value, exc)
+                continue
+            raw_state = specs.get(event.key)
+            state = msgspec.json.decode(raw_state, type=catalog.Entry) if raw_state else None
+            decided = catalog.decide(state, command, utcnow())
+            for e in decided:
+                state = catalog.evolve(state, e)
+                await (await worker.send(PIPELINE_EVENTS, command.stream_id, encode(e)))
+            if state is not None:
+                specs[event.key] = msgspec.json.encode(state)
+
+    @app.timer(interval=1.0)
+    async def sweeper() -> None:
+        await worker.start()
+        await worker.sweep(joins)
+        assert worker.journal is not None
+        await worker.journal.sweep()
+
+    _ = (work, parts_agent, spec_agent, sweeper)
+    return app
+
+
+class WorkConsumer(AckingConsumer):
+    """skyjobs.pipeline-work: every token is run on a task of its own and acknowledged when it is done.
+
+    A partition's journal is read before any of its tokens runs; a partition taken away waits (a
+    little) for its tokens in flight, so a rebalance hands them over finished rather than half done.
+    """
+
+    def __init__(self, worker: Worker, dead_letter: Any) -> None:
+        super().__init__(worker.config.kafka_bootstrap, PIPELINE_WORK, WORK_GROUP, self, fetch_max_wait_ms=100)
+        self.worker = worker
+        self.dead_letter = dead_letter
+
+    async def revoked(self, tps: set[TopicPartition]) -> None:
+        running = [t for tp in tps for t in self.worker.in_flight.get(tp.partition, ())]
+        if running:
+            await asyncio.wait(running, timeout=REVOKE_WAIT)
+        await super().revoked(tps)
+
+    async def on_assigned(self, tps: list[Any], ends: dict[Any, int]) -> None:
+        assert self.worker.journal is not None
+        while True:  # the partitions' tokens wait for their journal: it must be read, whatever it takes
+            try:
+                await self.worker.journal.restore([tp.partition for tp in tps])
+                return
+            except Exception as exc:
+                log.warning("reading the journal of %s failed (%r); retrying", sorted(tps), exc)
+                await asyncio.sleep(1)
+
+    def on_revoked(self, tps: set[Any]) -> None:
+        assert self.worker.journal is not None
+        self.worker.journal.forget([tp.partition for tp in tps])
+        self.worker.runs.runs.clear()
+
+    async def on_message(self, message: Record) -> None:
+        worker = self.worker
+        try:
+            command = decode_command_of(message.value, ContinueRun)
+        except DecodeError as exc:
+            await self.dead_letter(None, message.value, exc)
+            message.ack()
+            return
+        key = token_key(command.stream_id, command.token, command.token.route)
+        if key in worker.running:  # a copy of a token this worker is running: that one will finish it
+            message.ack()
+            return
+        assert worker.journal is not None
+        await worker.journal.wait_ready(message.tp.partition)
+        await worker.slots.acquire()
+        worker.running.add(key)
+        task = asyncio.ensure_future(self._run(command, message, key))
+        running = worker.in_flight.setdefault(message.tp.partition, set())
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    async def _run(self, command: ContinueRun, message: Record, key: str) -> None:
+        try:
+            await self.worker.on_token(command, message.tp.partition)
+        except Exception:
+            log.exception("pipeline token %s failed in the worker", key)
+        finally:
+            self.worker.running.discard(key)
+            self.worker.slots.release()
+            message.ack()

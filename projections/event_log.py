@@ -26,13 +26,16 @@ COLUMNS = ("topic", "partition", "offset", "kind", "stream_id", "type", "sequenc
            "event_id", "correlation_id", "causation_id", "data")
 _TYPES = ("text", "int", "bigint", "text", "text", "text", "int", "timestamptz", "text", "text", "text", "text",
           "text", "jsonb")
+_OWNERS = """
+INSERT INTO stream_owners (stream_id, owner) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING
+"""
+# The array path in one round trip: the owners learnt from first events, and the rows.
 _INSERT = f"""
+WITH owners AS (INSERT INTO stream_owners (stream_id, owner) SELECT * FROM unnest($15::text[], $16::text[])
+                ON CONFLICT DO NOTHING)
 INSERT INTO event_log ({", ".join(f'"{c}"' for c in COLUMNS)})
 SELECT * FROM unnest({", ".join(f"${i + 1}::{t}[]" for i, t in enumerate(_TYPES))})
 ON CONFLICT DO NOTHING
-"""
-_OWNERS = """
-INSERT INTO stream_owners (stream_id, owner) SELECT * FROM unnest($1::text[], $2::text[]) ON CONFLICT DO NOTHING
 """
 _KNOWN_OWNERS = 200_000  # stream id -> owner kept in memory (owners never change); cleared when larger
 
@@ -67,12 +70,13 @@ async def write(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, log
     for item in logged:
         if item.event.sequence == 1 and (owner := owner_of(item.event)) is not None:
             first_owners.setdefault(item.event.stream_id, owner)
-    if first_owners:
+    by_copy = not careful and len(logged) >= batch.COPY_FROM
+    if first_owners and by_copy:
         await conn.execute(_OWNERS, list(first_owners), list(first_owners.values()))
-        if len(_owners) > _KNOWN_OWNERS:
-            _owners.clear()
-        for stream_id, owner in first_owners.items():
-            _owners.setdefault(stream_id, owner)
+    if len(_owners) > _KNOWN_OWNERS:
+        _owners.clear()
+    for stream_id, owner in first_owners.items():
+        _owners.setdefault(stream_id, owner)
     unknown = list({item.event.stream_id for item in logged} - _owners.keys())
     if unknown:
         rows = await conn.fetch("SELECT stream_id, owner FROM stream_owners WHERE stream_id = ANY($1)", unknown)
@@ -86,7 +90,8 @@ async def write(conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy, log
         records.append((item.topic, item.partition, item.offset, kind, e.stream_id, tag, e.sequence, e.occurred_at,
                         e.actor, _owners.get(e.stream_id) or owner_of(e), e.event_id, e.correlation_id,
                         e.causation_id, data))
-    if careful or len(records) < batch.COPY_FROM:
-        await conn.execute(_INSERT, *batch.arrays(records, len(COLUMNS)))
-    else:
+    if by_copy:
         await conn.copy_records_to_table("event_log", records=records, columns=COLUMNS)
+    else:
+        await conn.execute(_INSERT, *batch.arrays(records, len(COLUMNS)), list(first_owners),
+                           list(first_owners.values()))

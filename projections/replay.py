@@ -84,7 +84,7 @@ async def replay(bootstrap: str, database_url: str, names: tuple[str, ...], keep
         # Big batches. Like every projector it does not wait for the WAL flush at each commit; the
         # swap is a durable commit, and it flushes the WAL before it, the rebuilt rows included.
         return Projector(bootstrap, database_url, group=f"skyjobs-{schema}", projections=chosen,
-                         log_events=log_events, search_path=search_path, **kwargs)  # type: ignore[arg-type]
+                         log_events=log_events, search_path=search_path, pace=0, **kwargs)  # type: ignore[arg-type]
 
     phases = {"create": time.monotonic() - started}
     indexes = await _drop_secondary_indexes(conn, schema, tables)
@@ -116,6 +116,7 @@ async def replay(bootstrap: str, database_url: str, names: tuple[str, ...], keep
                 raise ReplayError(f"the live projector did not reach the rebuild within {timeout:g} s")
             await asyncio.sleep(0.1)
     finally:
+        await finisher.release()
         await finisher.pool.close()
     phases["swap"] = time.monotonic() - started - sum(phases.values())
     events = sum((await _offsets(conn, "public", topics)).values())

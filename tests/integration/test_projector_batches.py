@@ -113,6 +113,7 @@ async def test_big_and_small_batches_write_the_same_rows(databases: list[str]) -
     finally:
         for projector in (big, small):
             assert projector.pool is not None
+            await projector.release()
             await projector.pool.close()
     written, again = await _rows(databases[0]), await _rows(databases[1])
     assert len(written["jobs"]) == 700 and len(written["event_log"]) == 2100 + 840
@@ -129,9 +130,11 @@ async def test_a_batch_another_projector_wrote_first_is_written_again_not_lost(d
         before = await _rows(databases[0])
         # A second projector that found no stored offset (it started the partitions at the same
         # time): its COPY of the same positions fails on the key, and it writes the batch carefully.
+        await first.release()  # the pool's only connection
         await first.pool.execute("DELETE FROM projector_offsets")
         await first.project(log)
     finally:
+        await first.release()
         await first.pool.close()
     assert await _rows(databases[0]) == before
 
@@ -142,11 +145,13 @@ async def test_the_event_log_keeps_the_raw_json_and_the_owner(databases: list[st
     assert projector.pool is not None
     try:
         await projector.project(log)
+        await projector.release()
         conn: asyncpg.pool.PoolConnectionProxy
         async with projector.pool.acquire() as conn:
             rows = await conn.fetch("SELECT kind, owner, data FROM event_log WHERE topic = $1 ORDER BY \"offset\"",
                                     JOB_EVENTS)
     finally:
+        await projector.release()
         await projector.pool.close()
     assert [r["kind"] for r in rows] == ["job"] * 6
     assert [r["owner"] for r in rows] == ["user0"] * 3 + ["user1"] * 3  # later events: from the first one

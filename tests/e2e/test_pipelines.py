@@ -63,3 +63,23 @@ async def test_step_latency_in_metrics(alice: httpx.AsyncClient, admin: httpx.As
         return text if all(w in text for w in wanted) else None
 
     await eventually(exported, timeout=20, what="pipeline step latency in /metrics")
+
+
+async def test_large_bodies_travel_by_reference(alice: httpx.AsyncClient, admin: httpx.AsyncClient) -> None:
+    """Over the inline limit (64 KiB) a body goes through the blob store with a file.stored event."""
+    name = f"big-{uuid.uuid4().hex[:8]}"
+    spec = ["POST /lib/bypass", ["POST /lib/bypass ~a", "POST /lib/bypass ~b"], "jsonObject"]
+    assert (await alice.put(f"/api/pipelines/{name}", json=spec)).status_code == 201
+    body = {"blob": "x" * 200_000}
+    response = await alice.post(f"/p/{name}", json=body)
+    assert response.status_code == 200, response.text[:300]
+    assert response.json() == {"a": body, "b": body}
+    run_id = response.headers["x-skyjobs-pipeline-run"]
+
+    async def stored() -> list[dict[str, object]] | None:
+        found = (await admin.get("/api/history", params={"type": "file.stored.v1",
+                                                         "correlation_id": f"pipeline-run-{run_id}"})).json()
+        return found["events"] or None
+
+    files = await eventually(stored, timeout=20, what="the run's bodies stored as files")
+    assert all(e["data"]["size"] > 64 * 1024 for e in files)

@@ -123,7 +123,7 @@ async def main_async(args: Any) -> dict[str, Any]:
     n = args.jobs or (1000 if args.quick else 5000)
     cond = conditions()
     async with BenchStack(pg_fast=args.pg_fast, keep=args.keep, env=env_arg(args)) as stack:
-        await stack.start("projector", "worker", "executor", "api")
+        await stack.start("projector", "worker", f"executor:{args.executors}", "api")
         say(f"worker ready after {await stack.wait_worker_ready():.1f} s")
         say("warm-up: a burst of 3000 jobs (Kafka's JIT compiles during the first minute of traffic)")
         report(await skyjobs_burst(stack, 3000), "warm-up")
@@ -143,6 +143,7 @@ async def main_async(args: Any) -> dict[str, Any]:
 def main() -> None:
     p = parser(NAME, __doc__)
     p.add_argument("--jobs", type=int, default=0, help="burst size (default 5000, --quick 1000)")
+    p.add_argument("--executors", type=int, default=1, help="executor processes")
     args = p.parse_args()
     save(NAME, run(main_async(args)), args)
 

@@ -109,7 +109,7 @@ async def precision(args: Any) -> dict[str, Any]:
     schedules = 2_000 if args.quick else 10_000
     minutes = 1 if args.quick else 2
     async with BenchStack(pg_fast=args.pg_fast, keep=args.keep) as stack:
-        await stack.start("projector", "worker", "executor")
+        await stack.start("projector", f"worker:{args.workers}", "executor")
         producer = AIOKafkaProducer(bootstrap_servers=stack.kafka.bootstrap, linger_ms=10)
         await producer.start()
         work_ids = []
@@ -161,6 +161,7 @@ def main() -> None:
     p = parser(NAME, __doc__)
     p.add_argument("--part", choices=["all", "list", "precision"], default="all")
     p.add_argument("--rate", type=float, default=200, help="list/search requests per second")
+    p.add_argument("--workers", type=int, default=1, help="precision: worker processes (they split the works)")
     args = p.parse_args()
     save(NAME, run(main_async(args)), args)
 

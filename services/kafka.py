@@ -3,17 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
 
 from events import cloudevents
 from events.topics import TOPICS
 
 log = logging.getLogger(__name__)
+
+
+_PRODUCER_BROKEN = (OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId, InvalidProducerEpoch)
 
 
 class BrokerUnavailable(RuntimeError):
@@ -61,14 +72,16 @@ class CommandBus:
 
     def __init__(self, bootstrap: str, timeout: float, linger_ms: int = 1) -> None:
         self.timeout = timeout
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=linger_ms,
-            request_timeout_ms=int(timeout * 1000),
-            max_batch_size=256 * 1024,
-        )
+        self._settings = {
+            "bootstrap_servers": bootstrap,
+            "enable_idempotence": True,
+            "acks": "all",
+            "linger_ms": linger_ms,
+            "request_timeout_ms": int(timeout * 1000),
+            "max_batch_size": 256 * 1024,
+        }
+        self.producer = AIOKafkaProducer(**self._settings)
+        self._renewing = asyncio.Lock()
 
     async def start(self, timeout: float = 60) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -90,8 +103,23 @@ class CommandBus:
             future = await asyncio.wait_for(
                 self.producer.send(topic, value, key=key.encode(), headers=cloudevents.headers(value)), self.timeout)
             await asyncio.wait_for(future, self.timeout)
+        except _PRODUCER_BROKEN as exc:
+            await self._renew(self.producer)
+            raise BrokerUnavailable(f"Kafka refused the producer ({exc!r}); it was replaced, try again") from exc
         except (TimeoutError, KafkaError) as exc:
             raise BrokerUnavailable(f"Kafka did not acknowledge within {self.timeout:g} s: {exc!r}") from exc
+
+    async def _renew(self, broken: AIOKafkaProducer) -> None:
+        """A fatal idempotence error (seen after a broker restart) ends aiokafka's sender for good:
+        every later send would fail. A new producer gets a new producer id and starts afresh."""
+        async with self._renewing:
+            if self.producer is not broken:
+                return  # another send renewed it already
+            log.warning("replacing the Kafka producer after a fatal error")
+            with contextlib.suppress(Exception):
+                await broken.stop()
+            self.producer = AIOKafkaProducer(**self._settings)
+            await self.start()
 
 
 async def until_sent(send: Callable[[], Awaitable[None]], retry_every: float = 1.0) -> None:

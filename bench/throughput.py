@@ -125,8 +125,8 @@ async def main_async(args: Any) -> dict[str, Any]:
     async with BenchStack(pg_fast=args.pg_fast, keep=args.keep, env=env_arg(args)) as stack:
         await stack.start("projector", "worker", "executor", "api")
         say(f"worker ready after {await stack.wait_worker_ready():.1f} s")
-        say("warm-up: a burst of 300 jobs")
-        report(await skyjobs_burst(stack, 300), "warm-up")
+        say("warm-up: a burst of 3000 jobs (Kafka's JIT compiles during the first minute of traffic)")
+        report(await skyjobs_burst(stack, 3000), "warm-up")
         say(f"measuring: a burst of {n} `true` jobs")
         with CpuMeter(stack.pids()) as cpu:
             res = await skyjobs_burst(stack, n)

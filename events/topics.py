@@ -42,7 +42,7 @@ PIPELINE_STEPS = "skyjobs.pipeline-steps"
 PIPELINE_WORK = "skyjobs.pipeline-work"
 PIPELINE_PARTS = "skyjobs.pipeline-parts"
 PIPELINE_JOURNAL = "skyjobs.pipeline-journal"  # what token attempts sent (services/pipelines/journal.py)
-PIPELINE_JOINS_CHANGELOG = "skyjobs-pipelines-pipeline-joins-changelog"
+PIPELINE_JOINS = "skyjobs.pipeline-joins"  # what joiners hold (services/pipelines/tables.py)
 PIPELINE_SPECS_CHANGELOG = "skyjobs-pipelines-pipeline-specs-changelog"
 _DAY = 24 * 3600 * 1000
 
@@ -65,6 +65,6 @@ TOPICS = (
     TopicSpec(PIPELINE_WORK, retention_ms=_DAY),  # tokens carry the caller's Authorization: kept one day
     TopicSpec(PIPELINE_PARTS, retention_ms=_DAY),
     TopicSpec(PIPELINE_JOURNAL, compacted=True),
-    TopicSpec(PIPELINE_JOINS_CHANGELOG, compacted=True),
+    TopicSpec(PIPELINE_JOINS, compacted=True),
     TopicSpec(PIPELINE_SPECS_CHANGELOG, compacted=True),
 )

@@ -28,6 +28,7 @@ from events.files import FileStored
 from events.jobs import FinishJob, Heartbeat, StartJob
 from services.blobs import LocalBlobStore
 from services.config import Config, JobLimits
+from services.jobs import launch
 from services.jobs.lifecycle import Job
 from services.kafka import until_sent
 
@@ -48,29 +49,6 @@ class Running:
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
 
 
-def launcher(limits: JobLimits, user: pwd.struct_passwd | None) -> list[str]:
-    """The argv prefix that applies the job's limits, user and parent-death signal, then execs.
-
-    util-linux's `prlimit` sets the limits and execs `setpriv`, which drops to the job's user, asks
-    for SIGKILL when the executor dies (a job never outlives it: the lease keeper then re-runs or
-    fails it) and execs the command. No Python runs between fork and exec, so CPython spawns with
-    vfork: measured here, about a quarter of the executor's CPU per spawn of a fork + preexec_fn.
-    """
-    tools = {name: shutil.which(name) for name in ("prlimit", "setpriv")}
-    missing = [name for name, path in tools.items() if path is None]
-    if missing:
-        raise RuntimeError(f"the executor needs util-linux's {' and '.join(missing)} on PATH")
-    argv = [str(tools["prlimit"])]
-    for flag, value in (("cpu", limits.cpu_seconds), ("as", limits.memory_bytes),
-                        ("fsize", limits.file_size_bytes), ("nproc", limits.processes)):
-        if value > 0:
-            argv.append(f"--{flag}={value}")
-    argv += ["--", str(tools["setpriv"]), "--pdeathsig=KILL"]
-    if user is not None:
-        argv += [f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"]
-    return [*argv, "--"]
-
-
 class Executor:
     """Holds the jobs running in this process; `run` takes one job from start to finish."""
 
@@ -84,7 +62,7 @@ class Executor:
         self._user: pwd.struct_passwd | None = None
         if os.geteuid() == 0:
             self._user = pwd.getpwnam(config.job_user)
-        self._launcher = launcher(config.job_limits, self._user)
+        self._launcher = launch.prefix(config.job_limits, self._user, config.data_dir / "bin")
         config.work_dir.mkdir(parents=True, exist_ok=True)
         self._out_dir = config.work_dir / ".out"
         self._out_dir.mkdir(exist_ok=True)

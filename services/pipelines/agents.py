@@ -4,7 +4,7 @@
                           ^                                                          │
                           └──── forked tokens (key: run + token: spread) ────────────┤
     skyjobs.pipeline-parts <── pipeline.arrive (key: run) ───────────────────────────┤
-       └──parts agent: joiners and the run's end, faust table "pipeline-joins"       │
+       └──parts consumer: joiners and the run's end, table skyjobs.pipeline-joins     │
                 └──> joined token (pipeline-work), pipeline.run-ended ──> skyjobs.pipeline-runs ──> API
     skyjobs.pipeline-steps <── step-requested / step-responded ───────────────────────┘
     skyjobs.pipeline-commands ──spec agent (faust table "pipeline-specs")──> skyjobs.pipeline-events
@@ -18,8 +18,9 @@ have been sent (services/pipelines/executor.py). A token that made unsafe reques
 before it is acknowledged, so a redelivered copy is skipped. Forked children whose key lands on the
 partition being worked run here at once.
 
-Parts agent: the arrivals at one accounting point are kept in the table until their credits add
-up to 1 (services/pipelines/flow.py), then joined; a duplicate arrival is recognised by its token
+Parts consumer (plain aiokafka too): the arrivals at one accounting point are kept in the joins
+table (services/pipelines/tables.py: a compacted topic, restored per partition, as a faust table
+is) until their credits add up to 1 (services/pipelines/flow.py), then joined; a duplicate arrival is recognised by its token
 id. A timer in every worker sends `expired` for the points of its partitions whose run is past its
 deadline: the run fails with 504 instead of waiting for ever.
 """
@@ -58,6 +59,8 @@ from events.topics import (
     FILE_EVENTS,
     PIPELINE_COMMANDS,
     PIPELINE_EVENTS,
+    PIPELINE_JOINS,
+    PIPELINE_JOURNAL,
     PIPELINE_PARTS,
     PIPELINE_RUNS,
     PIPELINE_STEPS,
@@ -68,6 +71,7 @@ from services.config import Config
 from services.consumer import AckingConsumer
 from services.consumer import Message as Record
 from services.pipelines import catalog
+from services.pipelines import journal as journals
 from services.pipelines.executor import Executor, Run, Runs, credit0, step_event
 from services.pipelines.flow import (
     END,
@@ -82,10 +86,11 @@ from services.pipelines.flow import (
     answer,
     joined_token,
 )
-from services.pipelines.journal import Journal, JournalStore, partition_of
+from services.pipelines.journal import Journal
 from services.pipelines.messages import Message, error_message
 from services.pipelines.settings import from_env
 from services.pipelines.spec import Spec, parse
+from services.pipelines.tables import ChangelogTable, partition_of
 from services.pipelines.transport import HttpTransport
 from services.pipelines.wire import Bodies
 
@@ -95,6 +100,7 @@ APP_ID = "skyjobs-pipelines"
 ACTOR = "skyjobs-pipelines"
 MAX_IN_FLIGHT = 5000  # tokens one worker runs at once; the work agent waits beyond
 WORK_GROUP = "skyjobs-pipelines-work"
+PARTS_GROUP = "skyjobs-pipelines-parts"
 REVOKE_WAIT = 5.0  # seconds a rebalance waits for the tokens in flight of the partitions it moves
 ENDED_KEPT = 60.0  # seconds an ended run's end point is kept after its deadline (late arrivals are dropped)
 
@@ -132,7 +138,8 @@ class Worker:
         self.bodies = Bodies(LocalBlobStore(config.blob_dir), settings.inline_limit, self._publish_file)
         self.producer: AIOKafkaProducer | None = None
         self.audit: AIOKafkaProducer | None = None
-        self.journal: JournalStore | None = None
+        self.journal: ChangelogTable | None = None
+        self.joins: ChangelogTable | None = None
         self.running: set[str] = set()
         self.in_flight: dict[int, set[asyncio.Task[None]]] = {}  # work partition -> its tokens running
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -150,8 +157,13 @@ class Worker:
                 except Exception as exc:
                     log.warning("pipelines: Kafka not there yet (%r); retrying", exc)
                     await asyncio.sleep(1)
-            if self.journal is None:
-                self.journal = JournalStore(self.config.kafka_bootstrap, self.partitions, self.producer)
+            if self.journal is None or self.joins is None:
+                n, bootstrap = self.partitions, self.config.kafka_bootstrap
+                self.journal = ChangelogTable(bootstrap, PIPELINE_JOURNAL, n, self.producer,
+                                              lambda key: partition_of(key, n), journals.expires)
+                # keyed "<run id>|<point>[|<part>]": a run's joins live in its partition of pipeline-parts
+                self.joins = ChangelogTable(bootstrap, PIPELINE_JOINS, n, self.producer,
+                                            lambda key: partition_of(key.split(b"|", 1)[0], n), point_due)
 
     async def _producer(self, linger_ms: int) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap, acks="all", enable_idempotence=True,
@@ -284,10 +296,10 @@ class Worker:
         else:
             joins[f"{tally_key}|{part_id}".encode()] = raw
         if not point.complete:
-            joins[tally_key.encode()] = orjson.dumps({"kind": arrive.kind, "level": arrive.level,
-                                                      "credit": str(point.credit), "received": sorted(point.received),
-                                                      "deadline": w.deadline, "owner": self.owner(run),
-                                                      "last_order": point.last_order})
+            joins.set(tally_key.encode(), orjson.dumps({
+                "kind": arrive.kind, "level": arrive.level, "credit": str(point.credit),
+                "received": sorted(point.received), "deadline": w.deadline, "owner": self.owner(run),
+                "last_order": point.last_order}), due=w.deadline + 1.0)
             return
         if arrive.point == END:
             last_raw = joins.get(f"{tally_key}|last".encode())
@@ -339,8 +351,8 @@ class Worker:
 
     async def _end(self, run: Run, result: Message, joins: Any, end_key: str) -> None:
         joins.pop(f"{end_key}|last".encode(), None)
-        joins[end_key.encode()] = orjson.dumps({"ended": True, "deadline": run.deadline, "kind": END, "level": 0,
-                                                "owner": self.owner(run)})
+        joins.set(end_key.encode(), orjson.dumps({"ended": True, "deadline": run.deadline, "kind": END, "level": 0,
+                                                  "owner": self.owner(run)}), due=run.deadline + ENDED_KEPT)
         event = await self.ended_event(run.run_id, run.correlation_id, self.owner(run), result, run.next_sequence())
         await (await self.send(PIPELINE_RUNS, run.run_id, encode_event(event)))
 
@@ -365,7 +377,8 @@ class Worker:
             owner = str((state or {}).get("owner", ""))
             for key in [k for k in list(joins.keys()) if k.decode().startswith(prefix)]:
                 joins.pop(key, None)
-            joins[end_key.encode()] = orjson.dumps({"ended": True, "deadline": deadline, "kind": END, "level": 0})
+            joins.set(end_key.encode(), orjson.dumps({"ended": True, "deadline": deadline, "kind": END, "level": 0}),
+                      due=float(deadline) + ENDED_KEPT)
             event = await self.ended_event(run_id, arrive.correlation_id or run_id, owner, error_message(504, text),
                                            1_000_000)
             await (await self.send(PIPELINE_RUNS, run_id, encode_event(event)))
@@ -377,13 +390,10 @@ class Worker:
     async def sweep(self, joins: Any) -> None:
         """Send `expired` for the points of this worker's partitions whose run is past its deadline."""
         now = time.time()
-        for raw_key, raw in list(joins.items()):
+        for raw_key in joins.due(now):
             key = raw_key.decode()
-            if key.count("|") != 1:
-                continue
-            state = _load(raw) or {}
-            due = float(state.get("deadline", now)) + (ENDED_KEPT if state.get("ended") else 1.0)
-            if now < due or self.swept.get(key, 0) > now - 5:
+            state = _load(joins.get(raw_key)) or {}
+            if self.swept.get(key, 0) > now - 5:
                 continue
             self.swept[key] = now
             run_id, point = key.split("|", 1)
@@ -460,6 +470,14 @@ class KafkaSink:
             await delivery
 
 
+def point_due(key: bytes, raw: bytes) -> float | None:
+    """When an accounting point of the joins table falls due: its run's deadline (an ended run's: later)."""
+    if key.count(b"|") != 1:
+        return None  # a part: it goes with its point
+    state = orjson.loads(raw)
+    return float(state.get("deadline", 0)) + (ENDED_KEPT if state.get("ended") else 1.0)
+
+
 def _load(raw: bytes | None) -> dict[str, Any] | None:
     return orjson.loads(raw) if raw else None
 
@@ -494,11 +512,9 @@ def create_app(config: Config) -> faust.App:
         value_serializer="raw",
     )
     worker = Worker(config, settings)
-    parts = _raw_topic(app, PIPELINE_PARTS, config.partitions)
     commands = _raw_topic(app, PIPELINE_COMMANDS, config.partitions)
     dead_letters = _raw_topic(app, DEAD_LETTERS, config.partitions)
     kw: dict[str, Any] = {"default": None, "partitions": config.partitions, "key_type": bytes, "value_type": bytes}
-    joins = app.Table("pipeline-joins", **kw)
     specs = app.Table("pipeline-specs", **kw)
 
     async def dead_letter(key: Any, raw: bytes, exc: Exception) -> None:
@@ -509,19 +525,10 @@ def create_app(config: Config) -> faust.App:
         await worker.start()
         await WorkConsumer(worker, dead_letter).run()
 
-    @app.agent(parts)
-    async def parts_agent(stream: Any) -> None:
+    @app.task
+    async def arrivals() -> None:
         await worker.start()
-        async for event in stream.events():
-            try:
-                arrive = decode_command_of(event.value, Arrive)
-            except DecodeError as exc:
-                await dead_letter(event.key, event.value, exc)
-                continue
-            try:
-                await worker.on_arrive(arrive, event.value, joins)
-            except Exception:
-                log.exception("pipeline arrival at %s of run %s failed", arrive.point, arrive.stream_id)
+        await PartsConsumer(worker, dead_letter).run()
 
     @app.agent(commands)
     async def spec_agent(stream: Any) -> None:
@@ -546,11 +553,11 @@ def create_app(config: Config) -> faust.App:
     @app.timer(interval=1.0)
     async def sweeper() -> None:
         await worker.start()
-        await worker.sweep(joins)
-        assert worker.journal is not None
-        await worker.journal.sweep()
+        assert worker.journal is not None and worker.joins is not None
+        await worker.sweep(worker.joins)
+        await journals.sweep(worker.journal)
 
-    _ = (work, parts_agent, spec_agent, sweeper)
+    _ = (work, arrivals, spec_agent, sweeper)
     return app
 
 
@@ -574,13 +581,7 @@ class WorkConsumer(AckingConsumer):
 
     async def on_assigned(self, tps: list[Any], ends: dict[Any, int]) -> None:
         assert self.worker.journal is not None
-        while True:  # the partitions' tokens wait for their journal: it must be read, whatever it takes
-            try:
-                await self.worker.journal.restore([tp.partition for tp in tps])
-                return
-            except Exception as exc:
-                log.warning("reading the journal of %s failed (%r); retrying", sorted(tps), exc)
-                await asyncio.sleep(1)
+        await self.worker.journal.restore_retrying([tp.partition for tp in tps])
 
     def on_revoked(self, tps: set[Any]) -> None:
         assert self.worker.journal is not None
@@ -617,3 +618,56 @@ class WorkConsumer(AckingConsumer):
             self.worker.running.discard(key)
             self.worker.slots.release()
             message.ack()
+
+
+
+class PartsConsumer(AckingConsumer):
+    """skyjobs.pipeline-parts: arrivals at joiners and at runs' ends, in order per partition (per run).
+
+    What the joiners hold is the table `skyjobs.pipeline-joins` (services/pipelines/tables.py), read
+    per partition before any arrival of it is handled; an arrival is acknowledged once its changes
+    to the table are in Kafka.
+    """
+
+    def __init__(self, worker: Worker, dead_letter: Any) -> None:
+        super().__init__(worker.config.kafka_bootstrap, PIPELINE_PARTS, PARTS_GROUP, self, fetch_max_wait_ms=100)
+        self.worker = worker
+        self.dead_letter = dead_letter
+        self.background: set[asyncio.Task[None]] = set()
+
+    @property
+    def joins(self) -> ChangelogTable:
+        assert self.worker.joins is not None
+        return self.worker.joins
+
+    async def on_assigned(self, tps: list[Any], ends: dict[Any, int]) -> None:
+        await self.joins.restore_retrying([tp.partition for tp in tps])
+
+    def on_revoked(self, tps: set[Any]) -> None:
+        self.joins.forget([tp.partition for tp in tps])
+
+    async def on_message(self, message: Record) -> None:
+        await self.joins.wait_ready(message.tp.partition)
+        try:
+            arrive = decode_command_of(message.value, Arrive)
+        except DecodeError as exc:
+            await self.dead_letter(None, message.value, exc)
+            message.ack()
+            return
+        try:
+            await self.worker.on_arrive(arrive, message.value, self.joins)
+        except Exception:
+            log.exception("pipeline arrival at %s of run %s failed", arrive.point, arrive.stream_id)
+        writes, self.joins.pending = self.joins.pending, []
+        task = asyncio.ensure_future(self._ack_after(writes, message))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
+
+    async def _ack_after(self, writes: list[Any], message: Record) -> None:
+        try:
+            for send in writes:
+                await (await send)
+        except Exception as exc:  # not acknowledged: the next owner handles the arrival again
+            log.warning("writing the joins table failed (%r)", exc)
+            return
+        message.ack()

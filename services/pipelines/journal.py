@@ -1,11 +1,8 @@
 """The pipeline workers' journal: what each token attempt sent that may not be sent twice.
 
-A compacted topic (`skyjobs.pipeline-journal`) keyed like the tokens (run id + token id), so its
-partition *p* holds the entries of the tokens of partition *p* of skyjobs.pipeline-work. The worker
-that is given a work partition reads the journal's partition from its start (it is small: entries
-are removed once their run is over) before it runs any of its tokens, then keeps it in memory and
-writes through. This is what a faust table is; the work path reads Kafka with a plain consumer
-(services/consumer.py), which faust's fetcher made slower (a millisecond a hop, measured here).
+A table in a compacted topic (`skyjobs.pipeline-journal`, services/pipelines/tables.py) keyed like
+the tokens (run id + token id), so its partition *p* holds the entries of the tokens of partition
+*p* of skyjobs.pipeline-work: the worker given that partition reads it before running any of them.
 
 An entry: {"requested": [...]} once a token attempt is about to send an unsafe request (written and
 acknowledged before the request goes), {"done": true} once the token's outcome is all in Kafka,
@@ -15,105 +12,27 @@ with "expires" (after the run's deadline: then a sweep removes it).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import time
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.partitioner import murmur2
 
-from events.topics import PIPELINE_JOURNAL
-
-log = logging.getLogger(__name__)
+from services.pipelines.tables import ChangelogTable
 
 
-def partition_of(key: str, partitions: int) -> int:
-    """The partition the producers' default partitioner gives `key`."""
-    return int((murmur2(key.encode()) & 0x7FFFFFFF) % partitions)
+def expires(key: bytes, raw: bytes) -> float | None:
+    """When a journal entry may go (what `ChangelogTable` keeps in time order)."""
+    value = orjson.loads(raw).get("expires")
+    return float(value) if value is not None else None
 
 
-class JournalStore:
-    def __init__(self, bootstrap: str, partitions: int, producer: AIOKafkaProducer) -> None:
-        self.bootstrap = bootstrap
-        self.partitions = partitions
-        self.producer = producer
-        self.entries: dict[int, dict[str, dict[str, Any]]] = {}  # partition -> key -> entry
-        # A partition's tokens may be fetched while its journal is still being read (aiokafka fetches
-        # a new assignment while the rebalance listener runs): they wait for this.
-        self.ready: dict[int, asyncio.Event] = {}
-
-    async def wait_ready(self, partition: int) -> None:
-        await self.ready.setdefault(partition, asyncio.Event()).wait()
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        return self.entries.get(partition_of(key, self.partitions), {}).get(key)
-
-    async def put(self, key: str, entry: dict[str, Any]) -> None:
-        """Written and acknowledged by Kafka before it returns."""
-        self.entries.setdefault(partition_of(key, self.partitions), {})[key] = entry
-        await (await self.producer.send(PIPELINE_JOURNAL, orjson.dumps(entry), key=key.encode()))
-
-    async def restore(self, partitions: list[int], timeout: float = 60) -> None:
-        """Read the given partitions from their start to their current end."""
-        if not partitions:
-            return
-        started = time.monotonic()
-        for p in partitions:
-            self.ready.setdefault(p, asyncio.Event()).clear()
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, enable_auto_commit=False)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(PIPELINE_JOURNAL, p) for p in partitions]
-            consumer.assign(tps)
-            ends = await consumer.end_offsets(tps)
-            remaining = {tp: end for tp, end in ends.items() if end > 0}
-            for tp in tps:
-                self.entries[tp.partition] = {}
-                consumer.seek(tp, 0)
-            count = 0
-            while remaining:
-                if time.monotonic() - started > timeout:
-                    raise TimeoutError(f"the journal's partitions {partitions} were not read within {timeout:g} s")
-                fetched = await consumer.getmany(*remaining, timeout_ms=1000)
-                for tp, records in fetched.items():
-                    table = self.entries[tp.partition]
-                    for record in records:
-                        if record.offset >= remaining.get(tp, 0):
-                            break
-                        key = record.key.decode() if record.key else ""
-                        if record.value is None:
-                            table.pop(key, None)
-                        else:
-                            table[key] = orjson.loads(record.value)
-                            count += 1
-                    if records and records[-1].offset + 1 >= remaining.get(tp, 0):
-                        remaining.pop(tp, None)
-            log.info("journal: %d entries of partitions %s read in %.2f s", count, partitions,
-                     time.monotonic() - started)
-            for p in partitions:
-                self.ready[p].set()
-        finally:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
-
-    def forget(self, partitions: list[int]) -> None:
-        for p in partitions:
-            self.entries.pop(p, None)
-            self.ready.pop(p, None)
-
-    async def sweep(self, now: float | None = None) -> int:
-        """Remove the entries of runs long over (tombstones, so compaction drops them)."""
-        now = time.time() if now is None else now
-        gone = 0
-        for table in list(self.entries.values()):
-            for key, entry in list(table.items()):
-                if float(entry.get("expires", now)) < now:
-                    del table[key]
-                    await self.producer.send(PIPELINE_JOURNAL, None, key=key.encode())
-                    gone += 1
-        return gone
+async def sweep(table: ChangelogTable, now: float | None = None) -> int:
+    """Remove the entries of runs long over (tombstones, so compaction drops them)."""
+    gone = table.due(time.time() if now is None else now)
+    for key in gone:
+        table.pop(key)
+    await table.flush()
+    return len(gone)
 
 
 class Journal:
@@ -125,11 +44,12 @@ class Journal:
     earlier; the later unsafe requests of the attempt need no write of their own.
     """
 
-    def __init__(self, store: JournalStore, key: str, expires: float) -> None:
-        self.store = store
-        self.key = key
+    def __init__(self, table: ChangelogTable, key: str, expires: float) -> None:
+        self.table = table
+        self.key = key.encode()
         self.expires = expires
-        self.entry: dict[str, Any] = dict(store.get(key) or {})
+        raw = table.get(self.key)
+        self.entry: dict[str, Any] = orjson.loads(raw) if raw else {}
         self.earlier = bool(self.entry.get("requested"))  # an earlier attempt sent unsafe requests
         self.touched = False
         self._marked: asyncio.Future[None] | None = None
@@ -154,4 +74,10 @@ class Journal:
     async def _write(self, change: dict[str, Any]) -> None:
         self.touched = True
         self.entry.update(change, expires=self.expires)
-        await self.store.put(self.key, dict(self.entry))
+        partition = self.table.partition_of_key(self.key)
+        value = orjson.dumps(self.entry)
+        self.table.data.setdefault(partition, {})[self.key] = value
+        self.table.deadlines[self.key] = self.expires
+        self.table.deadlines.move_to_end(self.key)
+        # acknowledged before it returns: the write-ahead of an unsafe request
+        await (await self.table.producer.send(self.table.topic, value, key=self.key, partition=partition))

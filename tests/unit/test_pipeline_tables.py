@@ -1,0 +1,35 @@
+"""The workers' changelog tables in memory: writes, tombstones, what falls due (no Kafka: a fake producer)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from services.pipelines.tables import ChangelogTable, partition_of
+
+
+class Producer:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, Any, bytes, int]] = []
+
+    async def send(self, topic: str, value: Any, key: bytes, partition: int) -> asyncio.Future[None]:
+        self.sent.append((topic, value, key, partition))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_writes_go_to_the_partition_of_the_run_and_only_the_front_is_swept() -> None:
+    producer = Producer()
+    table = ChangelogTable("unused:9092", "t", 8, producer,  # type: ignore[arg-type]
+                           lambda key: partition_of(key.split(b"|", 1)[0], 8))
+    table.set(b"run-a|end", b"{}", due=10.0)
+    table.set(b"run-b|end", b"{}", due=20.0)
+    table[b"run-a|end|part"] = b"p"
+    assert table.due(15.0) == [b"run-a|end"] and table.due(5.0) == []
+    assert table.pop(b"run-a|end") == b"{}" and table.due(15.0) == []
+    await table.flush()
+    assert {p for _, _, _, p in producer.sent} == {partition_of("run-a", 8), partition_of("run-b", 8)}
+    assert producer.sent[-1][1] is None  # the removal is a tombstone
+    table.forget([partition_of("run-b", 8)])
+    assert table.due(100.0) == [] and table.get(b"run-b|end") is None

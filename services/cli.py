@@ -37,18 +37,26 @@ def run_api(config: Config) -> None:
                 access_log=False, timeout_graceful_shutdown=5)
 
 
-def run_worker(config: Config) -> None:
+def run_faust(config: Config, app_module: str) -> None:
+    """A faust app's process: `worker` (jobs and works), `router` (the task proxy), `pipelines`."""
+    import importlib
+
     import faust
     import mode.loop
 
-    from services.jobs.worker import create_app
-
-    mode.loop.use("uvloop")
+    mode.loop.use("uvloop")  # measured: the asyncio loop doubled the router's time per task
     asyncio.run(setup(config))
-    app = create_app(config)
+    app = importlib.import_module(app_module).create_app(config)
     worker = faust.Worker(app, loglevel=os.environ.get("SKYJOBS_LOG_LEVEL", "INFO"), quiet=True,
                           override_logging=False)
     worker.execute_from_commandline()
+
+
+FAUST_APPS = {
+    "worker": "services.jobs.worker",  # job lifecycle, lease keeper, works and the scheduler
+    "router": "services.proxy.router",  # the task proxy (seed 004): registry, health checks, routing
+    "pipelines": "services.pipelines.agents",  # the pipeline workers (seed 002): tokens, joiners, specs
+}
 
 
 def run_executor(config: Config) -> None:
@@ -63,37 +71,6 @@ def run_executor(config: Config) -> None:
         await dispatcher.run(config)
 
     uvloop.run(main())
-
-
-def run_router(config: Config) -> None:
-    """The task proxy's router (seed 004): registry agent, task consumer, health checks."""
-    import faust
-    import mode.loop
-
-    from services.proxy.router import create_app
-
-    mode.loop.use("uvloop")  # measured: the asyncio loop doubled the router's time per task
-
-    asyncio.run(setup(config))
-    app = create_app(config)
-    worker = faust.Worker(app, loglevel=os.environ.get("SKYJOBS_LOG_LEVEL", "INFO"), quiet=True,
-                          override_logging=False)
-    worker.execute_from_commandline()
-
-
-def run_pipelines(config: Config) -> None:
-    """The pipeline workers (seed 002): tokens, joiners, the spec agent."""
-    import faust
-    import mode.loop
-
-    from services.pipelines.agents import create_app
-
-    mode.loop.use("uvloop")
-    asyncio.run(setup(config))
-    app = create_app(config)
-    worker = faust.Worker(app, loglevel=os.environ.get("SKYJOBS_LOG_LEVEL", "INFO"), quiet=True,
-                          override_logging=False)
-    worker.execute_from_commandline()
 
 
 def run_projector(config: Config) -> None:
@@ -199,18 +176,14 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(setup(config))
     elif args.command == "api":
         run_api(config)
-    elif args.command == "worker":
-        run_worker(config)
+    elif args.command in FAUST_APPS:
+        run_faust(config, FAUST_APPS[args.command])
     elif args.command == "executor":
         run_executor(config)
     elif args.command == "projector":
         run_projector(config)
     elif args.command == "replay":
         run_replay(config, args.projection or [], args.all, args.keep_old)
-    elif args.command == "router":
-        run_router(config)
-    elif args.command == "pipelines":
-        run_pipelines(config)
 
 
 if __name__ == "__main__":

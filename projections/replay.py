@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import UTC, datetime
 from types import ModuleType
 
 import asyncpg
@@ -69,7 +70,8 @@ async def replay(bootstrap: str, database_url: str, names: tuple[str, ...], keep
     unknown = [n for n in names if n not in NAMES]
     if unknown or not names:
         raise ReplayError(f"unknown projection {unknown[0] if unknown else ''!r}; known: {', '.join(NAMES)}")
-    stamp = time.strftime("%Y%m%d%H%M%S")
+    # To the microsecond: two replays within one second (a quick one, then another) must not share a schema.
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S%f")
     schema, old = f"replay_{stamp}", f"replaced_{stamp}"
     chosen: tuple[ModuleType, ...] = tuple(p for p in PROJECTIONS if p.NAME in names)
     log_events = event_log.NAME in names

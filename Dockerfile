@@ -1,4 +1,5 @@
-# skyjobs processes (api, worker, projector, router, setup); Kafka and Postgres run from their own images.
+# skyjobs processes (api, worker, executor, projector, router, pipelines, setup); Kafka and Postgres run
+# from their own images. No C compiler here: executors start jobs through util-linux prlimit + setpriv.
 # The example worker services run from it too: --entrypoint python ... -m workers.image_transform_service
 FROM python:3.11-slim
 

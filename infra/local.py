@@ -361,6 +361,8 @@ class LocalKafka(_Server):
                  f"-Dlog4j2.configurationFile={KAFKA_LOG4J}"]  # fmt: skip
         if self.fast_start or tool:  # C1 only: quicker start-up, slower peak throughput
             opts.append("-XX:TieredStopAtLevel=1")
+        if not tool:  # e.g. "-Xlog:gc:file=/tmp/kafka-gc.log" (later options win over the ones above)
+            opts += os.environ.get("SKYJOBS_KAFKA_JVM_OPTS", "").split()
         return [java_bin(), *opts, "-cp", f"{kafka_libs()}/*", main, *args]
 
     def command(self) -> list[str]:

@@ -7,6 +7,8 @@ switches, e.g.
 BENCH_WHATIF is a comma-separated list of:
   kafka-commit-bg the projector commits its Kafka offsets in the background, at most once a second
   pg-async        the projector's Postgres sessions use synchronous_commit=off
+  loop-lag        every process logs (stderr) each stall of its uvloop event loop over 10 ms
+  fetch-lag       every process logs (stderr) each record a consumer gets more than 15 ms after it was produced
 Nothing here is used unless BENCH_WHATIF is set.
 """
 
@@ -39,3 +41,41 @@ if "kafka-commit-bg" in WHATIF and PROCESS == "projector":
 if "pg-async" in WHATIF and PROCESS == "projector" and "SKYJOBS_DATABASE_URL" in os.environ:
     url = os.environ["SKYJOBS_DATABASE_URL"]
     os.environ["SKYJOBS_DATABASE_URL"] = url + ("&" if "?" in url else "?") + "synchronous_commit=off"
+
+if "loop-lag" in WHATIF:  # log (stderr) every stall of the event loop over 10 ms, with the time it ended
+    import uvloop
+
+    _run_forever = uvloop.Loop.run_forever
+
+    async def _lag_monitor() -> None:
+        while True:
+            t0 = time.perf_counter()
+            await asyncio.sleep(0.002)
+            late = time.perf_counter() - t0 - 0.002
+            if late > 0.010:
+                print(f"loop-lag {PROCESS or sys.argv[-1]} {time.time():.3f} stalled {late * 1000:.1f} ms",
+                      file=sys.stderr, flush=True)
+
+    def _watched_run_forever(self: Any) -> None:
+        print(f"loop-lag {PROCESS or sys.argv[-1]} watching", file=sys.stderr, flush=True)
+        self.create_task(_lag_monitor())
+        _run_forever(self)
+
+    uvloop.Loop.run_forever = _watched_run_forever  # type: ignore[method-assign]
+
+if "fetch-lag" in WHATIF:  # log (stderr) every record a consumer gets more than 15 ms after it was produced
+    from aiokafka import AIOKafkaConsumer
+
+    _getmany = AIOKafkaConsumer.getmany
+
+    async def _timed_getmany(self: Any, *args: Any, **kwargs: Any) -> Any:
+        got = await _getmany(self, *args, **kwargs)
+        now = time.time() * 1000
+        for tp, records in got.items():
+            for record in records:
+                if now - record.timestamp > 15:
+                    print(f"fetch-lag {PROCESS or sys.argv[-1]} {tp.topic}:{tp.partition} {now / 1000:.3f} "
+                          f"late {now - record.timestamp:.1f} ms", file=sys.stderr, flush=True)
+        return got
+
+    AIOKafkaConsumer.getmany = _timed_getmany  # type: ignore[method-assign]

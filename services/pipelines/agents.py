@@ -322,7 +322,8 @@ class Worker:
                                     token.message if part.outcome == "message" else None, part.outcome != "notice"))
         joins.pop(tally_key.encode(), None)
         joined = joined_token(arrivals, arrive.point)
-        deliveries = [await self.send(PIPELINE_RUNS, run_id, audit=True, value=encode_event(RunJoined(
+        # on the producer the run's end goes by (same partition): ordered without waiting in between
+        deliveries = [await self.send(PIPELINE_RUNS, run_id, value=encode_event(RunJoined(
             **self.meta(run), token_id=joined.token_id, point=arrive.point, kind=arrive.kind,
             parts=len(arrivals), messages=sum(1 for a in arrivals if a.message is not None),
             user_id=self.owner(run) or None)))]
@@ -334,9 +335,9 @@ class Worker:
                 isinstance(outcomes[0], Failed) or (outcomes[0].point == END and outcomes[0].passes)):
             done = outcomes[0]
             result = done.message if isinstance(done, Failed) else answer(done.message, Message())
+            await self._end(run, result, joins, end_key)
             for delivery in deliveries:
                 await delivery
-            await self._end(run, result, joins, end_key)
             return
         wire = await self.wire(run, joined)
         deliveries.append(await self.send(PIPELINE_WORK, token_key(run_id, joined, run.route), encode(ContinueRun(

@@ -1,21 +1,27 @@
 """Probe: are the slow 10-branch runs skyjobs's own time, or the machine's?
 
-    flock /tmp/skyjobs-bench.lock .venv/bin/python -m bench.whatif.stalls [runs]
+    flock /tmp/skyjobs-bench.lock .venv/bin/python -m bench.whatif.stalls [runs] [--no-canary] [--sleepers N]
 
-Runs the 10-branch pipeline of bench/pipelines.py one run at a time (default 60 runs) while a
-bystander process that takes no part (it sleeps 2 ms in a loop) records every wake-up more than 8 ms
-late, and the CPU of every process is measured. A run during which the bystander was late was
-slowed by something outside the skyjobs processes (a stall of the whole machine); the figures are
-given for the runs with and without one. With BENCH_WHATIF=loop-lag (and PYTHONPATH=bench/whatif)
+Runs the 10-branch pipeline of bench/pipelines.py one run at a time (default 60 runs) on a fresh
+stack, watched by two observers that take no part: a bystander process that sleeps 2 ms in a loop
+notes every wake-up more than 8 ms late (the whole machine stalled), and a canary producer that sends
+a record every 5 ms to a topic of its own notes every acknowledgement over 10 ms (the broker stalled).
+The runs are then given by what they met. With BENCH_WHATIF=loop-lag (and PYTHONPATH=bench/whatif)
 the skyjobs processes log their own event-loop stalls to the stack log as well.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import time
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 
 from bench.common import CpuMeter, fmt_cpu, fmt_ms, say, summary_ms
 from bench.pipelines import put_spec, start_service
@@ -30,7 +36,31 @@ while True:
 """
 
 
-async def main(runs: int) -> None:
+async def canary(bootstrap: str, late: list[tuple[float, float]]) -> None:
+    """Produce (acks=all) a record every 5 ms to a topic of its own; note every ack over 10 ms."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    with contextlib.suppress(TopicAlreadyExistsError):
+        await admin.create_topics([NewTopic("probe.canary", 1, 1)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=0)
+    await producer.start()
+    try:
+        while True:
+            t0 = time.time()
+            await producer.send_and_wait("probe.canary", b"x")
+            if time.time() - t0 > 0.010:
+                late.append((t0, time.time() - t0))
+            await asyncio.sleep(0.005)
+    finally:
+        await producer.stop()
+
+
+def overlap(spans: list[tuple[float, float]], t0: float, t1: float) -> float:
+    return sum(late for at, late in spans if at < t1 and at + late > t0)
+
+
+async def main(runs: int, with_canary: bool, spinners: int) -> None:
     whatif = os.environ.get("BENCH_WHATIF")
     stack = BenchStack(env={"PYTHONPATH": os.path.abspath("bench/whatif"), "BENCH_WHATIF": whatif} if whatif else None)
     async with stack:
@@ -45,6 +75,10 @@ async def main(runs: int) -> None:
             await conn.request(raw)
         bystander = await asyncio.create_subprocess_exec(sys.executable, "-c", BYSTANDER,
                                                          stdout=asyncio.subprocess.PIPE)
+        broker: list[tuple[float, float]] = []
+        acks = asyncio.ensure_future(canary(stack.kafka.bootstrap, broker) if with_canary else asyncio.sleep(1e9))
+        others = [await asyncio.create_subprocess_exec(sys.executable, "-c", BYSTANDER,
+                                                        stdout=asyncio.subprocess.DEVNULL) for _ in range(spinners)]
         await asyncio.sleep(0.5)
         spans = []
         with CpuMeter(stack.pids()) as cpu:
@@ -53,22 +87,28 @@ async def main(runs: int) -> None:
                 status, body = await conn.request(raw)
                 spans.append((t0, time.time()))
                 assert status == 200, body
+        acks.cancel()
         bystander.kill()
+        for other in others:
+            other.kill()
+            await other.wait()
         out, _ = await bystander.communicate()
         client.release(conn)
         stalls = [(float(a), float(b)) for a, b in (line.split() for line in out.decode().splitlines())]
-        stalled, clean = [], []
+        groups: dict[str, list[float]] = {"neither": [], "machine": [], "broker": [], "both": []}
         for t0, t1 in spans:
-            hit = sum(late for at, late in stalls if at < t1 and at + late > t0)
-            (stalled if hit else clean).append(t1 - t0)
+            machine, slow_ack = overlap(stalls, t0, t1), overlap(broker, t0, t1)
+            groups["both" if machine and slow_ack else "machine" if machine else "broker" if slow_ack else "neither"
+                   ].append(t1 - t0)
         say(fmt_cpu(cpu.result))
         say(f"{runs} runs; the bystander woke late {len(stalls)} times, "
             f"{sum(late for _, late in stalls) * 1000:.0f} ms in all, worst {max([0, *(s for _, s in stalls)]) * 1000:.0f} ms")
         say(f"all runs:                     {fmt_ms(summary_ms([t1 - t0 for t0, t1 in spans]))}")
-        if clean:
-            say(f"runs the bystander saw no stall in ({len(clean)}): {fmt_ms(summary_ms(clean))}")
-        if stalled:
-            say(f"runs with a stall ({len(stalled)}):              {fmt_ms(summary_ms(stalled))}")
+        say(f"the canary's produce was acknowledged late {len(broker)} times, worst "
+            f"{max([0, *(s for _, s in broker)]) * 1000:.0f} ms")
+        for name, walls in groups.items():
+            if walls:
+                say(f"runs with a stall seen by {name + ':':9} {fmt_ms(summary_ms(walls))}")
         stack._log.flush()
         lags = [line for line in stack.log_path.read_text(errors="replace").splitlines() if "loop-lag" in line]
         if lags:
@@ -76,4 +116,9 @@ async def main(runs: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 60))
+    args = argparse.ArgumentParser(prog="python -m bench.whatif.stalls", description=__doc__.split("\n\n")[0])
+    args.add_argument("runs", type=int, nargs="?", default=60)
+    args.add_argument("--no-canary", action="store_true", help="no canary producer (it keeps the broker busy)")
+    args.add_argument("--sleepers", type=int, default=0, help="more bystanders, to keep the cores from idling")
+    a = args.parse_args()
+    asyncio.run(main(a.runs, not a.no_canary, a.sleepers))

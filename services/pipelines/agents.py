@@ -163,7 +163,8 @@ class Worker:
                                               lambda key: partition_of(key, n), journals.expires)
                 # keyed "<run id>|<point>[|<part>]": a run's joins live in its partition of pipeline-parts
                 self.joins = ChangelogTable(bootstrap, PIPELINE_JOINS, n, self.producer,
-                                            lambda key: partition_of(key.split(b"|", 1)[0], n), point_due)
+                                            lambda key: partition_of(key.split(b"|", 1)[0], n), point_due,
+                                            lambda key: key.split(b"|", 1)[0])
 
     async def _producer(self, linger_ms: int) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(bootstrap_servers=self.config.kafka_bootstrap, acks="all", enable_idempotence=True,
@@ -367,7 +368,6 @@ class Worker:
 
     async def _expire(self, arrive: Arrive, joins: Any, state: dict[str, Any] | None) -> None:
         run_id = arrive.stream_id
-        prefix = f"{run_id}|"
         end_key = f"{run_id}|{END}"
         ended = _load(joins.get(end_key.encode()))
         if ended is None or not ended.get("ended"):
@@ -376,8 +376,7 @@ class Worker:
                     f"the joiner {arrive.point.rsplit('#', 1)[-1]} did not get all its messages before the run's "
                     f"deadline ({self.settings.run_timeout:g} s)")
             owner = str((state or {}).get("owner", ""))
-            for key in [k for k in list(joins.keys()) if k.decode().startswith(prefix)]:
-                joins.pop(key, None)
+            joins.pop_group(run_id.encode())
             joins.set(end_key.encode(), orjson.dumps({"ended": True, "deadline": deadline, "kind": END, "level": 0}),
                       due=float(deadline) + ENDED_KEPT)
             event = await self.ended_event(run_id, arrive.correlation_id or run_id, owner, error_message(504, text),
@@ -385,19 +384,22 @@ class Worker:
             await (await self.send(PIPELINE_RUNS, run_id, encode_event(event)))
             return
         if time.time() > float(ended.get("deadline", 0)) + ENDED_KEPT:  # long over: forget the run
-            for key in [k for k in list(joins.keys()) if k.decode().startswith(prefix)]:
-                joins.pop(key, None)
+            joins.pop_group(run_id.encode())
 
     async def sweep(self, joins: Any) -> None:
-        """Send `expired` for the points of this worker's partitions whose run is past its deadline."""
+        """Send `expired` for the points of this worker's partitions whose run is past its deadline,
+        and forget the runs that ended long ago (here: nothing else writes their keys any more)."""
         now = time.time()
         for raw_key in joins.due(now):
             key = raw_key.decode()
             state = _load(joins.get(raw_key)) or {}
+            run_id, point = key.split("|", 1)
+            if point == END and state.get("ended"):
+                joins.pop_group(run_id.encode())
+                continue
             if self.swept.get(key, 0) > now - 5:
                 continue
             self.swept[key] = now
-            run_id, point = key.split("|", 1)
             await self.send(PIPELINE_PARTS, run_id, encode(Arrive(
                 command_id=new_id(), stream_id=run_id, issued_at=utcnow(), actor=self.actor, point=point,
                 kind=str(state.get("kind", END)), level=int(state.get("level", 0)), outcome="expired")))

@@ -39,8 +39,11 @@ def partition_of(key: str | bytes, partitions: int) -> int:
 class ChangelogTable:
     def __init__(self, bootstrap: str, topic: str, partitions: int, producer: AIOKafkaProducer,
                  partition_of_key: Callable[[bytes], int],
-                 expiry_of: Callable[[bytes, bytes], float | None] | None = None) -> None:
+                 expiry_of: Callable[[bytes, bytes], float | None] | None = None,
+                 group_of: Callable[[bytes], bytes] | None = None) -> None:
         self.bootstrap = bootstrap
+        self.group_of = group_of  # a key's group (a run's keys, say): `pop_group` needs no scan
+        self.groups: dict[bytes, set[bytes]] = {}
         self.expiry_of = expiry_of  # when a restored entry falls due (`due`)
         # keys with a time, roughly in time order (written as runs go): a sweep looks only at the front
         self.deadlines: OrderedDict[bytes, float] = OrderedDict()
@@ -62,6 +65,7 @@ class ChangelogTable:
     def __setitem__(self, key: bytes, value: bytes) -> None:
         partition = self.partition_of_key(key)
         self.data.setdefault(partition, {})[key] = value
+        self._grouped(key)
         self._send(key, value, partition)
 
     def set(self, key: bytes, value: bytes, due: float | None = None) -> None:
@@ -86,12 +90,27 @@ class ChangelogTable:
         value = self.data.get(partition, {}).pop(key, None)
         if value is None:
             return default
+        self._ungrouped(key)
         self._send(key, None, partition)
         return value
 
-    def keys(self) -> Iterator[bytes]:
-        for table in list(self.data.values()):
-            yield from list(table)
+    def pop_group(self, group: bytes) -> None:
+        """Remove every key of `group`."""
+        for key in self.groups.pop(group, set()):
+            self.pop(key)
+
+    def _grouped(self, key: bytes) -> None:
+        if self.group_of is not None:
+            self.groups.setdefault(self.group_of(key), set()).add(key)
+
+    def _ungrouped(self, key: bytes) -> None:
+        if self.group_of is not None:
+            group = self.group_of(key)
+            keys = self.groups.get(group)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.groups[group]
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         for table in list(self.data.values()):
@@ -139,10 +158,12 @@ class ChangelogTable:
                         if record.offset >= remaining.get(tp, 0):
                             break
                         if record.value is None:
-                            table.pop(record.key, None)
+                            if table.pop(record.key, None) is not None:
+                                self._ungrouped(record.key)
                             self.deadlines.pop(record.key, None)
                         else:
                             table[record.key] = record.value
+                            self._grouped(record.key)
                             at = self.expiry_of(record.key, record.value) if self.expiry_of else None
                             if at is not None:
                                 self.deadlines[record.key] = at
@@ -171,4 +192,5 @@ class ChangelogTable:
         for p in partitions:
             for key in self.data.pop(p, {}):
                 self.deadlines.pop(key, None)
+                self._ungrouped(key)
             self.ready.pop(p, None)

@@ -33,3 +33,21 @@ async def test_writes_go_to_the_partition_of_the_run_and_only_the_front_is_swept
     assert producer.sent[-1][1] is None  # the removal is a tombstone
     table.forget([partition_of("run-b", 8)])
     assert table.due(100.0) == [] and table.get(b"run-b|end") is None
+
+
+async def test_a_group_is_removed_without_touching_the_others() -> None:
+    producer = Producer()
+    table = ChangelogTable("unused:9092", "t", 8, producer,  # type: ignore[arg-type]
+                           lambda key: partition_of(key.split(b"|", 1)[0], 8), None, lambda key: key.split(b"|", 1)[0])
+    for run in (b"run-a", b"run-b"):
+        table.set(run + b"|end", b"{}", due=10.0)
+        table[run + b"|j#1"] = b"{}"
+        table[run + b"|j#1|part"] = b"p"
+    table.pop(b"run-a|j#1|part")
+    table.pop_group(b"run-a")
+    assert [table.get(run + b"|end") for run in (b"run-a", b"run-b")] == [None, b"{}"]
+    assert table.due(100.0) == [b"run-b|end"] and set(table.groups) == {b"run-b"}
+    await table.flush()
+    assert sum(1 for _, value, key, _ in producer.sent if value is None and key.startswith(b"run-a")) == 3
+    table.forget(list(range(8)))
+    assert table.groups == {}

@@ -395,7 +395,8 @@ class Worker:
             state = _load(joins.get(raw_key)) or {}
             run_id, point = key.split("|", 1)
             if point == END and state.get("ended"):
-                joins.pop_group(run_id.encode())
+                if joins.is_ready(raw_key):
+                    joins.pop_group(run_id.encode())
                 continue
             if self.swept.get(key, 0) > now - 5:
                 continue

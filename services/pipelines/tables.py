@@ -128,6 +128,11 @@ class ChangelogTable:
 
     # --- partitions ---------------------------------------------------------------------------------
 
+    def is_ready(self, key: bytes) -> bool:
+        """Whether the partition of `key` is read (a partition being read may still change its keys)."""
+        event = self.ready.get(self.partition_of_key(key))
+        return event is not None and event.is_set()
+
     async def wait_ready(self, partition: int) -> None:
         await self.ready.setdefault(partition, asyncio.Event()).wait()
 

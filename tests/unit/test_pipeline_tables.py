@@ -49,5 +49,6 @@ async def test_a_group_is_removed_without_touching_the_others() -> None:
     assert table.due(100.0) == [b"run-b|end"] and set(table.groups) == {b"run-b"}
     await table.flush()
     assert sum(1 for _, value, key, _ in producer.sent if value is None and key.startswith(b"run-a")) == 3
+    assert not table.is_ready(b"run-b|end")  # never read from Kafka: the sweep leaves it alone
     table.forget(list(range(8)))
     assert table.groups == {}

@@ -12,7 +12,9 @@ A trivial local service (bench/pipeline_service.py) runs in its own process. Thr
 2. 10 parallel branches of a 100 ms service then a jsonObject join: wall time of each run (30 runs,
    one at a time). Target: within 130 ms;
 3. runs per second of a 3-step serial pipeline (POST, POST, POST) against the trivial service,
-   closed loop at a few connection counts. Target: >= 300 runs/s.
+   closed loop at a few connection counts. Target: >= 300 runs/s. With `--throughput-pipeline fork`,
+   two GET branches and a jsonObject join instead: every run goes through the joins table (held for
+   more than 180 s, `--duration 300`, it shows what forgetting ended runs costs).
 Everything shares the machine's cores, the load generator included (its CPU is reported).
 """
 
@@ -144,9 +146,9 @@ async def branches(stack: BenchStack, runs: int) -> dict[str, Any]:
     return {"wall_ms": s, "cpu": cpu.result, "verdict": verdict(s["p50"], TARGET_BRANCHES_MS, False)}
 
 
-async def throughput(stack: BenchStack, concurrencies: list[int], duration: float) -> dict[str, Any]:
+async def throughput(stack: BenchStack, concurrencies: list[int], duration: float, pipeline: str) -> dict[str, Any]:
     client = stack.client()
-    raw = client.post_json("/p/three", {"n": 1})
+    raw = client.post_json(f"/p/{pipeline}", {"n": 1})
     rows = []
     for c in concurrencies:
         with CpuMeter(stack.pids()) as cpu:
@@ -196,12 +198,13 @@ async def main_async(args: Any) -> dict[str, Any]:
         client = stack.client()
         specs = {"one-GET": [f"GET {service}/t"], "one-POST": [f"POST {service}/t"],
                  "five": [f"POST {service}/t"] * 5, "three": [f"POST {service}/t"] * 3,
-                 "branches": [[f"GET {service}/slow"] * 10, "jsonObject"]}
+                 "branches": [[f"GET {service}/slow"] * 10, "jsonObject"],
+                 "fork": [[f"GET {service}/t"] * 2, "jsonObject"]}
         for name, spec in specs.items():
             status, body = await client.call(put_spec(client, name, spec))
             if status not in (200, 201):
                 raise RuntimeError(f"PUT {name} answered {status}: {body[:300]!r}")
-        raw = client.post_json("/p/three", {"n": 1})
+        raw = client.post_json(f"/p/{args.throughput_pipeline}", {"n": 1})
 
         async def answered() -> bool:
             return (await client.call(raw))[0] == 200
@@ -211,8 +214,8 @@ async def main_async(args: Any) -> dict[str, Any]:
         say(f"first run answered after {time.monotonic() - started:.1f} s; warming up")
         await closed_loop(client, lambda: raw, max(concurrencies), 2 if args.quick else 5, 200)
         client.close()
-        say("\n3. runs per second, 3-step serial pipeline")
-        thr = await throughput(stack, concurrencies, duration)
+        say("\n3. runs per second, " + ("3-step serial pipeline" if args.throughput_pipeline == "three" else "2 branches + jsonObject"))
+        thr = await throughput(stack, concurrencies, duration, args.throughput_pipeline)
         await quiet(stack)
         say("\n1. per-step overhead (one connection, sequential calls)")
         over = await overhead(stack, service, blocks)
@@ -241,6 +244,9 @@ def main() -> None:
     p.add_argument("--concurrency", default="16,32,64", help="closed-loop connection counts (comma separated)")
     p.add_argument("--duration", type=float, default=0, help="seconds per concurrency level")
     p.add_argument("--workers", type=int, default=1, help="`skyjobs pipelines` processes")
+    p.add_argument("--throughput-pipeline", choices=("three", "fork"), default="three",
+                   help="figure 3's pipeline: three POST steps (the target's), or two GET branches and a "
+                        "jsonObject join (every run goes through the joins table)")
     args = p.parse_args()
     result = run(main_async(args))
     save(NAME, result, args)

@@ -352,7 +352,7 @@ class Worker:
         return Token(w.token_id, list(w.frames), Message(), {}, w.budget, w.tracked, tuple(w.order))
 
     async def _end(self, run: Run, result: Message, joins: Any, end_key: str) -> None:
-        joins.pop(f"{end_key}|last".encode(), None)
+        joins.pop_group(run.run_id.encode())  # nothing joins once the run is over (on_arrive): no tally stays due
         joins.set(end_key.encode(), orjson.dumps({"ended": True, "deadline": run.deadline, "kind": END, "level": 0,
                                                   "owner": self.owner(run)}), due=run.deadline + ENDED_KEPT)
         event = await self.ended_event(run.run_id, run.correlation_id, self.owner(run), result, run.next_sequence())

@@ -77,7 +77,6 @@ class Journal:
         partition = self.table.partition_of_key(self.key)
         value = orjson.dumps(self.entry)
         self.table.data.setdefault(partition, {})[self.key] = value
-        self.table.deadlines[self.key] = self.expires
-        self.table.deadlines.move_to_end(self.key)
+        self.table.schedule(self.key, self.expires)
         # acknowledged before it returns: the write-ahead of an unsafe request
         await (await self.table.producer.send(self.table.topic, value, key=self.key, partition=partition))

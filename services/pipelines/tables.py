@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,8 +45,10 @@ class ChangelogTable:
         self.group_of = group_of  # a key's group (a run's keys, say): `pop_group` needs no scan
         self.groups: dict[bytes, set[bytes]] = {}
         self.expiry_of = expiry_of  # when a restored entry falls due (`due`)
-        # keys with a time, roughly in time order (written as runs go): a sweep looks only at the front
-        self.deadlines: OrderedDict[bytes, float] = OrderedDict()
+        # keys with a time, and a heap of (time, key) in which an entry no longer in `deadlines` is stale:
+        # a sweep looks only at the front, however big the table and in whatever order the times came
+        self.deadlines: dict[bytes, float] = {}
+        self._due_heap: list[tuple[float, bytes]] = []
         self.topic = topic
         self.partitions = partitions
         self.producer = producer
@@ -72,17 +74,24 @@ class ChangelogTable:
         """Write `key`; with `due`, it is one of `due()`'s keys from that time on."""
         self[key] = value
         if due is not None:
+            self.schedule(key, due)
+
+    def schedule(self, key: bytes, due: float) -> None:
+        """`key` is one of `due()`'s keys from `due` on (until it is removed or scheduled again)."""
+        if self.deadlines.get(key) != due:
             self.deadlines[key] = due
-            self.deadlines.move_to_end(key)
+            heapq.heappush(self._due_heap, (due, key))
 
     def due(self, now: float) -> list[bytes]:
-        """Keys whose time has come (from the front of the time order: cheap however big the table)."""
-        out = []
-        for key, at in self.deadlines.items():
-            if at > now:
-                break
-            out.append(key)
-        return out
+        """Keys whose time has come, earliest first (they stay due until removed or scheduled again)."""
+        out: dict[bytes, None] = {}  # in order, once each (a key scheduled again may be in the heap twice)
+        while self._due_heap and self._due_heap[0][0] <= now:
+            at, key = heapq.heappop(self._due_heap)
+            if self.deadlines.get(key) == at:  # not stale
+                out[key] = None
+        for key in out:
+            heapq.heappush(self._due_heap, (self.deadlines[key], key))
+        return list(out)
 
     def pop(self, key: bytes, default: bytes | None = None) -> bytes | None:
         partition = self.partition_of_key(key)
@@ -171,12 +180,11 @@ class ChangelogTable:
                             self._grouped(record.key)
                             at = self.expiry_of(record.key, record.value) if self.expiry_of else None
                             if at is not None:
-                                self.deadlines[record.key] = at
+                                self.schedule(record.key, at)
                     if records and records[-1].offset + 1 >= remaining.get(tp, 0):
                         remaining.pop(tp, None)
             log.info("%s: %d entries of partitions %s read in %.2f s", self.topic,
                      sum(len(self.data[p]) for p in partitions), partitions, time.monotonic() - started)
-            self.deadlines = OrderedDict(sorted(self.deadlines.items(), key=lambda kv: kv[1]))
             for p in partitions:
                 self.ready[p].set()
         finally:

@@ -61,10 +61,14 @@ class Bodies:
             await self.publish(FileStored(event_id=new_id(), stream_id=file_id, sequence=1, occurred_at=utcnow(),
                                           correlation_id=label, actor="skyjobs-pipelines", owner_id=owner,
                                           name=f"{label}.body", size=size, sha256=sha256, content_type=content_type))
+        self._remember(key, file_id)
+        return file_id
+
+    def _remember(self, key: tuple[int, int], file_id: str) -> None:
         self.stored[key] = file_id
+        self.stored.move_to_end(key)
         while len(self.stored) > 1000:
             self.stored.popitem(last=False)
-        return file_id
 
     async def from_wire(self, body: Body) -> Message:
         data = body.data or b""
@@ -73,7 +77,7 @@ class Bodies:
             if path is None:
                 raise BodyGone(f"the body stored as file {body.file_id} is gone")
             data = await asyncio.to_thread(path.read_bytes)
-            self.stored[(len(data), hash(data))] = body.file_id
+            self._remember((len(data), hash(data)), body.file_id)
         return Message(status=body.status, headers=dict(body.headers), body=data, name=body.name, null=body.null,
                        method=body.method)
 

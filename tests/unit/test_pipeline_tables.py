@@ -52,3 +52,19 @@ async def test_a_group_is_removed_without_touching_the_others() -> None:
     assert not table.is_ready(b"run-b|end")  # never read from Kafka: the sweep leaves it alone
     table.forget(list(range(8)))
     assert table.groups == {}
+
+
+async def test_what_falls_due_comes_in_time_order_whatever_the_order_it_was_written_in() -> None:
+    table = ChangelogTable("unused:9092", "t", 8, Producer(),  # type: ignore[arg-type]
+                           lambda key: partition_of(key.split(b"|", 1)[0], 8))
+    table.set(b"run-a|end", b"{}", due=60.0)  # an ended run, kept a minute
+    table.set(b"run-b|j#1", b"{}", due=1.0)   # a later run's point, due sooner
+    table.set(b"run-c|end", b"{}", due=2.0)
+    table.schedule(b"run-c|end", 3.0)          # scheduled again: its first time no longer counts
+    assert table.due(1.5) == [b"run-b|j#1"]
+    assert table.due(2.5) == [b"run-b|j#1"]    # still due: nothing removed it
+    table.pop(b"run-b|j#1")
+    assert table.due(100.0) == [b"run-c|end", b"run-a|end"]
+    table.pop(b"run-c|end")
+    table.set(b"run-c|end", b"{}", due=3.0)    # removed, then written again with the same time
+    assert table.due(100.0) == [b"run-c|end", b"run-a|end"]

@@ -143,7 +143,6 @@ class Worker:
         self.running: set[str] = set()
         self.in_flight: dict[int, set[asyncio.Task[None]]] = {}  # work partition -> its tokens running
         self.slots = asyncio.Semaphore(MAX_IN_FLIGHT)
-        self.swept: dict[str, float] = {}
         self._starting = asyncio.Lock()
 
     async def start(self) -> None:
@@ -398,15 +397,10 @@ class Worker:
                 if joins.is_ready(raw_key):
                     joins.pop_group(run_id.encode())
                 continue
-            if self.swept.get(key, 0) > now - 5:
-                continue
-            self.swept[key] = now
+            joins.schedule(raw_key, now + 5)  # sent again if nothing has answered it by then
             await self.send(PIPELINE_PARTS, run_id, encode(Arrive(
                 command_id=new_id(), stream_id=run_id, issued_at=utcnow(), actor=self.actor, point=point,
                 kind=str(state.get("kind", END)), level=int(state.get("level", 0)), outcome="expired")))
-        for key, at in list(self.swept.items()):
-            if at < now - 300:
-                del self.swept[key]
 
 
 class KafkaSink:

@@ -13,7 +13,9 @@ the executors' work, in processes of their own.
 
 from __future__ import annotations
 
+import heapq
 import logging
+from datetime import datetime
 from typing import Any
 
 import faust
@@ -26,7 +28,7 @@ from events.jobs import ExpireJob, JobCommand, ReleaseJob
 from events.topics import DEAD_LETTERS, JOB_COMMANDS, JOB_EVENTS
 from services.config import Config
 from services.jobs import lifecycle
-from services.jobs.lifecycle import FINISHED, Job, Policy
+from services.jobs.lifecycle import CANCELLING, FINISHED, RUNNING, Job, Policy
 from services.works.agents import register as register_works
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,49 @@ _state_decoder = msgspec.json.Decoder(Job)
 
 
 class _Liveness(msgspec.Struct):
-    """The two fields of a table value the lease keeper's index needs (msgspec skips the rest)."""
+    """The fields of a table value the lease keeper's index needs (msgspec skips the rest)."""
 
     state: str
     deleted: bool = False
+    deadline: datetime | None = None
+    lease_until: datetime | None = None
+
+
+class DueIndex:
+    """When each unfinished job may next need the lease keeper (its ttl, its executor's lease), in a heap:
+    a tick looks only at the jobs whose time has come, however many are queued. An entry whose time
+    is no longer the job's is stale and skipped."""
+
+    def __init__(self) -> None:
+        self.at: dict[bytes, float] = {}
+        self.heap: list[tuple[float, bytes]] = []
+
+    def update(self, key: bytes, job: Job | _Liveness) -> None:
+        finished = job.state in FINISHED or job.deleted
+        times = [] if finished else [t for t in (job.deadline, job.lease_until if job.state in (RUNNING, CANCELLING) else None) if t]
+        if not times:
+            self.at.pop(key, None)
+        else:
+            self.retry(key, min(times).timestamp())
+
+    def retry(self, key: bytes, at: float) -> None:
+        if self.at.get(key) != at:
+            self.at[key] = at
+            heapq.heappush(self.heap, (at, key))
+
+    def due(self, now: float) -> list[bytes]:
+        """The keys whose time has come, earliest first; each is left out until `update`d or `retry`ed."""
+        out: dict[bytes, None] = {}
+        while self.heap and self.heap[0][0] <= now:
+            at, key = heapq.heappop(self.heap)
+            if self.at.get(key) == at:
+                out[key] = None
+                del self.at[key]
+        return list(out)
+
+    def clear(self) -> None:
+        self.at.clear()
+        self.heap.clear()
 
 
 _liveness_decoder = msgspec.json.Decoder(_Liveness)
@@ -83,17 +124,17 @@ def create_app(config: Config) -> faust.App:
     events = _raw(app, JOB_EVENTS, config.partitions)
     dead_letters = _raw(app, DEAD_LETTERS, config.partitions)
     jobs = app.Table("jobs", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
-    # The unfinished jobs' keys: an index of the table (the lease keeper's work list), rebuilt from
-    # the table whenever faust has recovered it, kept up to date by the lifecycle agent.
-    unfinished: set[bytes] = set()
+    # When unfinished jobs fall due: an index of the table (the lease keeper's work list), rebuilt
+    # from the table whenever faust has recovered it, kept up to date by the lifecycle agent.
+    due = DueIndex()
     job_finished = register_works(app, config, lambda name: _raw(app, name, config.partitions), commands, dead_letters)
 
     @jobs.on_recover
     async def index_unfinished() -> None:
-        unfinished.clear()
+        due.clear()
         for key, raw in jobs.items():
-            if raw and (live := _liveness_decoder.decode(raw)).state not in FINISHED and not live.deleted:
-                unfinished.add(key)
+            if raw:
+                due.update(key, _liveness_decoder.decode(raw))
 
     def state_of(key: bytes) -> Job | None:
         raw = jobs.get(key)
@@ -119,24 +160,25 @@ def create_app(config: Config) -> faust.App:
                 await events.send(key=key, value=encode(event))
             if decided and job is not None:
                 jobs[key] = _state_codec.encode(job)
-                if job.finished or job.deleted:
-                    unfinished.discard(key)
-                else:
-                    unfinished.add(key)
+                due.update(key, job)
             if job is not None and job.finished:  # also after a redelivery, which decides nothing
                 await job_finished(job)
 
     @app.timer(interval=1.0)
     async def lease_keeper() -> None:
         now = utcnow()
-        for key in list(unfinished):
+        for key in due.due(now.timestamp()):
             job = state_of(key)
             if job is None:
-                unfinished.discard(key)
                 continue
-            for due in lifecycle.due_commands(job, now):
+            names = lifecycle.due_commands(job, now)
+            for name in names:
                 meta: dict[str, Any] = {"command_id": new_id(), "stream_id": job.job_id, "issued_at": now, "actor": "skyjobs"}
-                command = ExpireJob(**meta) if due == "expire" else ReleaseJob(**meta, attempt=job.attempt)
+                command = ExpireJob(**meta) if name == "expire" else ReleaseJob(**meta, attempt=job.attempt)
                 await send_command(command)
+            if names:
+                due.retry(key, now.timestamp() + 1.0)  # sent again a second later if nothing changed
+            else:
+                due.update(key, job)  # not due yet after all (or any more)
 
     return app

@@ -17,11 +17,18 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     UnknownProducerId,
 )
+from aiokafka.partitioner import murmur2
 
 from events import cloudevents
 from events.topics import TOPICS
 
 log = logging.getLogger(__name__)
+
+
+def partition_of(key: str | bytes, partitions: int) -> int:
+    """The partition the producers' default partitioner gives `key`."""
+    raw = key.encode() if isinstance(key, str) else key
+    return int((murmur2(raw) & 0x7FFFFFFF) % partitions)
 
 
 _PRODUCER_BROKEN = (OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId, InvalidProducerEpoch)

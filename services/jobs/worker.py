@@ -29,6 +29,7 @@ from events.topics import DEAD_LETTERS, JOB_COMMANDS, JOB_EVENTS
 from services.config import Config
 from services.jobs import lifecycle
 from services.jobs.lifecycle import CANCELLING, FINISHED, RUNNING, Job, Policy
+from services.kafka import partition_of
 from services.works.agents import register as register_works
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,10 @@ def create_app(config: Config) -> faust.App:
     @app.timer(interval=1.0)
     async def lease_keeper() -> None:
         now = utcnow()
+        owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == JOB_COMMANDS}
         for key in due.due(now.timestamp()):
+            if partition_of(key, config.partitions) not in owned:
+                continue  # a copy faust's memory store keeps of a partition given away: its owner minds it
             job = state_of(key)
             if job is None:
                 continue

@@ -70,6 +70,7 @@ from services.blobs import LocalBlobStore
 from services.config import Config
 from services.consumer import AckingConsumer
 from services.consumer import Message as Record
+from services.kafka import partition_of
 from services.pipelines import catalog
 from services.pipelines import journal as journals
 from services.pipelines.executor import Executor, Run, Runs, credit0, step_event
@@ -90,7 +91,7 @@ from services.pipelines.journal import Journal
 from services.pipelines.messages import Message, error_message
 from services.pipelines.settings import from_env
 from services.pipelines.spec import Spec, parse
-from services.pipelines.tables import ChangelogTable, partition_of
+from services.pipelines.tables import ChangelogTable
 from services.pipelines.transport import HttpTransport
 from services.pipelines.wire import Bodies
 

@@ -25,15 +25,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.partitioner import murmur2
 
 log = logging.getLogger(__name__)
-
-
-def partition_of(key: str | bytes, partitions: int) -> int:
-    """The partition the producers' default partitioner gives `key`."""
-    raw = key.encode() if isinstance(key, str) else key
-    return int((murmur2(raw) & 0x7FFFFFFF) % partitions)
 
 
 class ChangelogTable:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from services.pipelines.tables import ChangelogTable, partition_of
+from services.kafka import partition_of
+from services.pipelines.tables import ChangelogTable
 
 
 class Producer:

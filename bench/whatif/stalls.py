@@ -76,7 +76,7 @@ async def main(runs: int, with_canary: bool, spinners: int) -> None:
         bystander = await asyncio.create_subprocess_exec(sys.executable, "-c", BYSTANDER,
                                                          stdout=asyncio.subprocess.PIPE)
         broker: list[tuple[float, float]] = []
-        acks = asyncio.ensure_future(canary(stack.kafka.bootstrap, broker) if with_canary else asyncio.sleep(1e9))
+        acks = asyncio.ensure_future(canary(stack.kafka.bootstrap, broker)) if with_canary else None
         others = [await asyncio.create_subprocess_exec(sys.executable, "-c", BYSTANDER,
                                                         stdout=asyncio.subprocess.DEVNULL) for _ in range(spinners)]
         await asyncio.sleep(0.5)
@@ -87,7 +87,8 @@ async def main(runs: int, with_canary: bool, spinners: int) -> None:
                 status, body = await conn.request(raw)
                 spans.append((t0, time.time()))
                 assert status == 200, body
-        acks.cancel()
+        if acks is not None:
+            acks.cancel()
         bystander.kill()
         for other in others:
             other.kill()

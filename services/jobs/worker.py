@@ -13,7 +13,6 @@ the executors' work, in processes of their own.
 
 from __future__ import annotations
 
-import heapq
 import logging
 from datetime import datetime
 from typing import Any
@@ -27,6 +26,7 @@ from events.codec import DecodeError, decode_command_of, encode
 from events.jobs import ExpireJob, JobCommand, ReleaseJob
 from events.topics import DEAD_LETTERS, JOB_COMMANDS, JOB_EVENTS
 from services.config import Config
+from services.due_times import DueTimes
 from services.jobs import lifecycle
 from services.jobs.lifecycle import CANCELLING, FINISHED, RUNNING, Job, Policy
 from services.kafka import partition_of
@@ -47,41 +47,14 @@ class _Liveness(msgspec.Struct):
     lease_until: datetime | None = None
 
 
-class DueIndex:
-    """When each unfinished job may next need the lease keeper (its ttl, its executor's lease), in a heap:
-    a tick looks only at the jobs whose time has come, however many are queued. An entry whose time
-    is no longer the job's is stale and skipped."""
-
-    def __init__(self) -> None:
-        self.at: dict[bytes, float] = {}
-        self.heap: list[tuple[float, bytes]] = []
-
-    def update(self, key: bytes, job: Job | _Liveness) -> None:
-        finished = job.state in FINISHED or job.deleted
-        times = [] if finished else [t for t in (job.deadline, job.lease_until if job.state in (RUNNING, CANCELLING) else None) if t]
-        if not times:
-            self.at.pop(key, None)
-        else:
-            self.retry(key, min(times).timestamp())
-
-    def retry(self, key: bytes, at: float) -> None:
-        if self.at.get(key) != at:
-            self.at[key] = at
-            heapq.heappush(self.heap, (at, key))
-
-    def due(self, now: float) -> list[bytes]:
-        """The keys whose time has come, earliest first; each is left out until `update`d or `retry`ed."""
-        out: dict[bytes, None] = {}
-        while self.heap and self.heap[0][0] <= now:
-            at, key = heapq.heappop(self.heap)
-            if self.at.get(key) == at:
-                out[key] = None
-                del self.at[key]
-        return list(out)
-
-    def clear(self) -> None:
-        self.at.clear()
-        self.heap.clear()
+def index_due(due: DueTimes[float], key: bytes, job: Job | _Liveness) -> None:
+    """Put in `due` when the lease keeper may next have to act on the job: its ttl, its executor's lease."""
+    leased = job.state in (RUNNING, CANCELLING)
+    times = [t for t in (job.deadline, job.lease_until if leased else None) if t is not None]
+    if times and job.state not in FINISHED and not job.deleted:
+        due.set(key, min(times).timestamp())
+    else:
+        due.discard(key)
 
 
 _liveness_decoder = msgspec.json.Decoder(_Liveness)
@@ -127,7 +100,7 @@ def create_app(config: Config) -> faust.App:
     jobs = app.Table("jobs", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
     # When unfinished jobs fall due: an index of the table (the lease keeper's work list), rebuilt
     # from the table whenever faust has recovered it, kept up to date by the lifecycle agent.
-    due = DueIndex()
+    due = DueTimes[float]()
     job_finished = register_works(app, config, lambda name: _raw(app, name, config.partitions), commands, dead_letters)
 
     @jobs.on_recover
@@ -135,7 +108,7 @@ def create_app(config: Config) -> faust.App:
         due.clear()
         for key, raw in jobs.items():
             if raw:
-                due.update(key, _liveness_decoder.decode(raw))
+                index_due(due, key, _liveness_decoder.decode(raw))
 
     def state_of(key: bytes) -> Job | None:
         raw = jobs.get(key)
@@ -161,7 +134,7 @@ def create_app(config: Config) -> faust.App:
                 await events.send(key=key, value=encode(event))
             if decided and job is not None:
                 jobs[key] = _state_codec.encode(job)
-                due.update(key, job)
+                index_due(due, key, job)
             if job is not None and job.finished:  # also after a redelivery, which decides nothing
                 await job_finished(job)
 
@@ -169,20 +142,21 @@ def create_app(config: Config) -> faust.App:
     async def lease_keeper() -> None:
         now = utcnow()
         owned = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == JOB_COMMANDS}
-        for key in due.due(now.timestamp()):
-            if partition_of(key, config.partitions) not in owned:
-                continue  # a copy faust's memory store keeps of a partition given away: its owner minds it
+        keys = due.pop_due(now.timestamp())
+        for key in keys:  # handed out again a second later unless the job changes meanwhile (or a send fails)
+            due.retry(key, now.timestamp() + 1.0)
+        for key in keys:
             job = state_of(key)
-            if job is None:
+            if job is None or partition_of(key, config.partitions) not in owned:
+                due.discard(key)  # gone, or a copy faust's memory store keeps of a partition given away
                 continue
             names = lifecycle.due_commands(job, now)
             for name in names:
                 meta: dict[str, Any] = {"command_id": new_id(), "stream_id": job.job_id, "issued_at": now, "actor": "skyjobs"}
                 command = ExpireJob(**meta) if name == "expire" else ReleaseJob(**meta, attempt=job.attempt)
                 await send_command(command)
-            if names:
-                due.retry(key, now.timestamp() + 1.0)  # sent again a second later if nothing changed
-            else:
-                due.update(key, job)  # not due yet after all (or any more)
+            if not names:  # not due after all (the index was behind the table): from the job itself
+                due.discard(key)
+                index_due(due, key, job)
 
     return app

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from services.due_times import DueTimes
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,7 @@ class ChangelogTable:
         self.group_of = group_of  # a key's group (a run's keys, say): `pop_group` needs no scan
         self.groups: dict[bytes, set[bytes]] = {}
         self.expiry_of = expiry_of  # when a restored entry falls due (`due`)
-        # keys with a time, and a heap of (time, key) in which an entry no longer in `deadlines` is stale:
-        # a sweep looks only at the front, however big the table and in whatever order the times came
-        self.deadlines: dict[bytes, float] = {}
-        self._due_heap: list[tuple[float, bytes]] = []
+        self.deadlines = DueTimes[float]()  # keys with a time: a sweep looks only at what is due
         self.topic = topic
         self.partitions = partitions
         self.producer = producer
@@ -71,24 +69,18 @@ class ChangelogTable:
 
     def schedule(self, key: bytes, due: float) -> None:
         """`key` is one of `due()`'s keys from `due` on (until it is removed or scheduled again)."""
-        if self.deadlines.get(key) != due:
-            self.deadlines[key] = due
-            heapq.heappush(self._due_heap, (due, key))
+        self.deadlines.set(key, due)
 
     def due(self, now: float) -> list[bytes]:
         """Keys whose time has come, earliest first (they stay due until removed or scheduled again)."""
-        out: dict[bytes, None] = {}  # in order, once each (a key scheduled again may be in the heap twice)
-        while self._due_heap and self._due_heap[0][0] <= now:
-            at, key = heapq.heappop(self._due_heap)
-            if self.deadlines.get(key) == at:  # not stale
-                out[key] = None
+        out = self.deadlines.pop_due(now)
         for key in out:
-            heapq.heappush(self._due_heap, (self.deadlines[key], key))
-        return list(out)
+            self.deadlines.retry(key, now)
+        return out
 
     def pop(self, key: bytes, default: bytes | None = None) -> bytes | None:
         partition = self.partition_of_key(key)
-        self.deadlines.pop(key, None)
+        self.deadlines.discard(key)
         value = self.data.get(partition, {}).pop(key, None)
         if value is None:
             return default
@@ -113,10 +105,6 @@ class ChangelogTable:
                 keys.discard(key)
                 if not keys:
                     del self.groups[group]
-
-    def items(self) -> Iterator[tuple[bytes, bytes]]:
-        for table in list(self.data.values()):
-            yield from list(table.items())
 
     def _send(self, key: bytes, value: bytes | None, partition: int) -> None:
         self.pending.append(asyncio.ensure_future(self.producer.send(self.topic, value, key=key,
@@ -167,7 +155,7 @@ class ChangelogTable:
                         if record.value is None:
                             if table.pop(record.key, None) is not None:
                                 self._ungrouped(record.key)
-                            self.deadlines.pop(record.key, None)
+                            self.deadlines.discard(record.key)
                         else:
                             table[record.key] = record.value
                             self._grouped(record.key)
@@ -197,6 +185,6 @@ class ChangelogTable:
     def forget(self, partitions: list[int]) -> None:
         for p in partitions:
             for key in self.data.pop(p, {}):
-                self.deadlines.pop(key, None)
+                self.deadlines.discard(key)
                 self._ungrouped(key)
             self.ready.pop(p, None)

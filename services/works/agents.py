@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -25,6 +24,7 @@ from events.jobs import CancelJob, RunJob
 from events.topics import WORK_COMMANDS, WORK_EVENTS
 from events.works import FireDue, RecordTaskJob, TaskScheduled, WorkDeleted, WorkSpec
 from services.config import Config
+from services.due_times import DueTimes
 from services.jobs.lifecycle import Job
 from services.works import model
 from services.works.tasks import task_command
@@ -53,21 +53,16 @@ def register(app: faust.App, config: Config, raw_topic: Any, job_commands: Any,
     work_commands = raw_topic(WORK_COMMANDS)
     work_events = raw_topic(WORK_EVENTS)
     works = app.Table("works", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
-    # The scheduler's index of the works table: each work's due time (`due`) and a heap of
-    # (due time, work key) over them, rebuilt from the table whenever faust has recovered it and
-    # kept up to date by the work agent. Heap entries whose time is no longer the work's are stale
-    # and skipped, so a tick costs what is due, not a scan of every work.
-    due: dict[bytes, datetime] = {}
-    heap: list[tuple[datetime, bytes]] = []
+    # The scheduler's index of the works table: each work's due time, rebuilt from the table whenever
+    # faust has recovered it and kept up to date by the work agent; a tick costs what is due.
+    due = DueTimes[datetime]()
 
     @works.on_recover
     async def index_due() -> None:
         due.clear()
         for key, raw in works.items():
             if raw and (timing := _timing_decoder.decode(raw)).next_due is not None and timing.deleted_at is None:
-                due[key] = timing.next_due
-        heap[:] = [(at, key) for key, at in due.items()]
-        heapq.heapify(heap)
+                due.set(key, timing.next_due)
 
     def work_of(key: bytes) -> model.Work | None:
         raw = works.get(key)
@@ -94,25 +89,24 @@ def register(app: faust.App, config: Config, raw_topic: Any, job_commands: Any,
             if decided and work is not None:
                 works[key] = _state_encoder.encode(work)
                 if work.next_due is not None and work.deleted_at is None:
-                    if due.get(key) != work.next_due:
-                        due[key] = work.next_due
-                        heapq.heappush(heap, (work.next_due, key))
+                    due.set(key, work.next_due)
                 else:
-                    due.pop(key, None)
+                    due.discard(key)
 
     @app.timer(interval=TICK)
     async def scheduler() -> None:
         now = utcnow()
-        while heap and heap[0][0] <= now:
-            _, key = heapq.heappop(heap)
+        keys = due.pop_due(now)
+        for i, key in enumerate(keys):
             due_at = due.get(key)
-            if due_at is None or due_at > now:
-                continue  # fired, changed or deleted since
+            assert due_at is not None
             try:
                 await send_work_command(FireDue(command_id=new_id(), stream_id=key.decode(), issued_at=now,
                                                 actor="scheduler", due_at=due_at))
             except Exception:  # try again at a later tick (a repeated fire-due for the same time decides nothing)
-                heapq.heappush(heap, (now + RETRY, key))
+                due.retry(key, now + RETRY)
+                for rest in keys[i + 1:]:  # not tried yet: at the next tick
+                    due.retry(rest, now)
                 raise
 
     @app.agent(work_events)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from services.jobs.worker import DueIndex, _Liveness
+from services.due_times import DueTimes
+from services.jobs.worker import _Liveness, index_due
 
 
 def at(seconds: float) -> datetime:
@@ -12,15 +13,27 @@ def at(seconds: float) -> datetime:
 
 
 def test_only_the_jobs_whose_time_has_come_earliest_first() -> None:
-    due = DueIndex()
-    due.update(b"queued-no-ttl", _Liveness("queued"))
-    due.update(b"queued-ttl", _Liveness("queued", deadline=at(50)))
-    due.update(b"running", _Liveness("running", deadline=at(90), lease_until=at(30)))
-    due.update(b"done", _Liveness("succeeded", deadline=at(10)))
-    assert due.due(20) == [] and set(due.at) == {b"queued-ttl", b"running"}
-    due.update(b"running", _Liveness("running", deadline=at(90), lease_until=at(60)))  # a heartbeat
-    assert due.due(55) == [b"queued-ttl"]
-    assert due.due(55) == []  # handed out once: back only when updated or retried
+    due = DueTimes[float]()
+    index_due(due, b"queued-no-ttl", _Liveness("queued"))
+    index_due(due, b"queued-ttl", _Liveness("queued", deadline=at(50)))
+    index_due(due, b"running", _Liveness("running", deadline=at(90), lease_until=at(30)))
+    index_due(due, b"done", _Liveness("succeeded", deadline=at(10)))
+    assert due.pop_due(20) == [] and set(due.at) == {b"queued-ttl", b"running"}
+    index_due(due, b"running", _Liveness("running", deadline=at(90), lease_until=at(60)))  # a heartbeat
+    assert due.pop_due(55) == [b"queued-ttl"]
+    assert due.pop_due(55) == []  # handed out once: back only when set again or retried
     due.retry(b"queued-ttl", 56)
-    due.update(b"running", _Liveness("succeeded", deadline=at(90), lease_until=at(60)))  # it finished
-    assert due.due(1000) == [b"queued-ttl"] and due.at == {}
+    index_due(due, b"running", _Liveness("succeeded", deadline=at(90), lease_until=at(60)))  # it finished
+    assert due.pop_due(1000) == [b"queued-ttl"] and set(due.at) == {b"queued-ttl"}
+
+
+def test_a_retry_gives_way_to_a_new_time() -> None:
+    due = DueTimes[float]()
+    due.set(b"k", 10.0)
+    assert due.pop_due(10.0) == [b"k"]
+    due.retry(b"k", 11.0)
+    due.set(b"k", 20.0)  # changed meanwhile (a heartbeat, a new due time)
+    assert due.pop_due(15.0) == [] and due.pop_due(20.0) == [b"k"]
+    due.discard(b"k")
+    due.retry(b"k", 21.0)
+    assert due.pop_due(30.0) == []

@@ -20,7 +20,8 @@ REJECTED = "rejected"  # the instance refused the arguments (it answered 4xx): r
 EXHAUSTED = "exhausted"  # every attempt failed (errors, timeouts, instances that died)
 NO_INSTANCE = "no_instance"  # no healthy instance of the service was there to take it
 EXPIRED = "expired"  # no instance took it before its deadline (the router was down or the queue too long)
-FAILURE_REASONS = (REJECTED, EXHAUSTED, NO_INSTANCE, EXPIRED)
+INTERNAL = "internal"  # the router itself failed on it (a fault of skyjobs: its log says what)
+FAILURE_REASONS = (REJECTED, EXHAUSTED, NO_INSTANCE, EXPIRED, INTERNAL)
 
 
 class TaskSubmitted(Event, frozen=True, tag="task.submitted.v1"):

@@ -116,10 +116,7 @@ class Dispatcher:
 
     def _follow(self, tp: TopicPartition, entry: _Held, event: object, replaying: bool) -> None:
         job_id = entry.job.job_id
-        try:
-            entry.job = lifecycle.evolve(entry.job, event)  # type: ignore[arg-type]
-        except ValueError:
-            return
+        entry.job = lifecycle.evolve(entry.job, event)  # type: ignore[arg-type]
         if entry.job.finished or entry.job.deleted:
             del self.held[tp][job_id]
             entry.message.ack()

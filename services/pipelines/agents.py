@@ -663,10 +663,8 @@ class PartsConsumer(AckingConsumer):
         task.add_done_callback(self.background.discard)
 
     async def _ack_after(self, writes: list[Any], message: Record) -> None:
-        try:
-            for send in writes:
-                await (await send)
-        except Exception as exc:  # not acknowledged: the next owner handles the arrival again
-            log.warning("writing the joins table failed (%r)", exc)
-            return
-        message.ack()
+        written = True
+        for write in writes:  # each retried until Kafka has it, or until its partition is given away
+            written = await write and written
+        if written:
+            message.ack()  # otherwise the next owner of the partition handles the arrival again

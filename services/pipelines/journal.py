@@ -35,6 +35,10 @@ async def sweep(table: ChangelogTable, now: float | None = None) -> int:
     return len(gone)
 
 
+class GivenAway(RuntimeError):
+    """The token's partition went to another worker before its journal entry reached Kafka."""
+
+
 class Journal:
     """One token attempt's view of its entry (what the executor asks; services/pipelines/executor.py).
 
@@ -74,9 +78,6 @@ class Journal:
     async def _write(self, change: dict[str, Any]) -> None:
         self.touched = True
         self.entry.update(change, expires=self.expires)
-        partition = self.table.partition_of_key(self.key)
-        value = orjson.dumps(self.entry)
-        self.table.data.setdefault(partition, {})[self.key] = value
-        self.table.schedule(self.key, self.expires)
         # acknowledged before it returns: the write-ahead of an unsafe request
-        await (await self.table.producer.send(self.table.topic, value, key=self.key, partition=partition))
+        if not await self.table.put(self.key, orjson.dumps(self.entry), due=self.expires):
+            raise GivenAway(f"the partition of {self.key.decode()} went to another worker; it runs the token")

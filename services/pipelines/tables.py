@@ -4,6 +4,9 @@
     await table.restore([0, 3])         # a partition given to this worker: read it from the start
     table[b"key"] = b"value"            # in memory at once; to Kafka now, `flush()` waits for it
     await table.flush()
+    await table.put(b"key", b"value")   # the same, waiting for this one write
+
+Writes are retried until Kafka has them, for as long as the worker has their partition.
 
 A table's partition *p* holds the state of the messages of partition *p* of the topic the worker
 reads (`partition_of_key` maps a key to it), so the worker given *p* reads *p* of the table before
@@ -28,6 +31,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from services.due_times import DueTimes
 
 log = logging.getLogger(__name__)
+
+RETRY_FIRST, RETRY_LAST = 0.2, 5.0  # seconds between attempts at a write Kafka refused
 
 
 class ChangelogTable:
@@ -56,10 +61,20 @@ class ChangelogTable:
         return self.data.get(self.partition_of_key(key), {}).get(key, default)
 
     def __setitem__(self, key: bytes, value: bytes) -> None:
+        self._send(key, value, self._keep(key, value))
+
+    async def put(self, key: bytes, value: bytes, due: float | None = None) -> bool:
+        """Write `key` and wait until Kafka has it (False: its partition was given away meanwhile)."""
+        partition = self._keep(key, value)
+        if due is not None:
+            self.schedule(key, due)
+        return await self._write(key, value, partition)
+
+    def _keep(self, key: bytes, value: bytes) -> int:
         partition = self.partition_of_key(key)
         self.data.setdefault(partition, {})[key] = value
         self._grouped(key)
-        self._send(key, value, partition)
+        return partition
 
     def set(self, key: bytes, value: bytes, due: float | None = None) -> None:
         """Write `key`; with `due`, it is one of `due()`'s keys from that time on."""
@@ -107,14 +122,36 @@ class ChangelogTable:
                     del self.groups[group]
 
     def _send(self, key: bytes, value: bytes | None, partition: int) -> None:
-        self.pending.append(asyncio.ensure_future(self.producer.send(self.topic, value, key=key,
-                                                                     partition=partition)))
+        self.pending.append(asyncio.ensure_future(self._write(key, value, partition)))
 
-    async def flush(self) -> None:
-        """Wait until Kafka has every write made so far."""
+    async def _write(self, key: bytes, value: bytes | None, partition: int) -> bool:
+        """Until Kafka has the key: True then, False if its partition was given away meanwhile (its
+        next owner reads what did reach Kafka and handles again what was not acknowledged).
+
+        A write that failed is retried with the key's value as it is by then, never the older one it
+        had: a retry must not undo a later write of the same key that did reach Kafka."""
+        delay = RETRY_FIRST
+        while True:
+            try:
+                await (await self.producer.send(self.topic, value, key=key, partition=partition))
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("writing %s to %s failed (%r); retrying in %.1f s", key[:80], self.topic, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(RETRY_LAST, delay * 2)
+            if partition not in self.data:
+                return False
+            value = self.data[partition].get(key)
+
+    async def flush(self) -> bool:
+        """Wait until Kafka has every write made so far; False if a partition written to was given away."""
         pending, self.pending = self.pending, []
+        written = True
         for send in pending:
-            await (await send)
+            written = await send and written
+        return written
 
     # --- partitions ---------------------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ from services.proxy.instances import (
     outcome_of,
 )
 from services.proxy.registry import DOWN, UP, Instance, Registry
-from services.proxy.tasks import Answered, Errored, Expired, NoInstance, Outcome, Task
+from services.proxy.tasks import Answered, Crashed, Errored, Expired, NoInstance, Outcome, Task
 from services.proxy.view import RegistryView
 
 log = logging.getLogger(__name__)
@@ -253,18 +253,19 @@ class Router:
         runner.add_done_callback(running.discard)
 
     async def _run(self, held: _Held) -> None:
-        done = False
+        """Run the task to its end; a fault of the router's own fails it (with what was raised) rather
+        than leaving it, and the partition's commits behind it, unfinished until the next restart."""
         try:
-            await self._attempts(held)
-            done = True
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("task %s failed in the router", held.task.task_id)
+            try:
+                await self._attempts(held)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("task %s failed in the router", held.task.task_id)
+                await self._record(held, Crashed(f"the router failed while handling the task: {exc!r}"))
+            held.message.ack()
         finally:
             self.slots.release()
-            if done:
-                held.message.ack()
 
     async def _attempts(self, held: _Held) -> None:
         task = held.task
@@ -273,12 +274,12 @@ class Router:
         try:
             body = await self._body(held.submitted)
         except FileGone as exc:
-            await self._record(task, Errored(None, str(exc), retryable=False))
+            await self._record(held, Errored(None, str(exc), retryable=False))
             return
         while not task.finished:
             outcome: Outcome
             if time.monotonic() >= deadline:  # e.g. replayed after the router was down for longer than the ttl
-                task = await self._record(task, Expired())
+                task = await self._record(held, Expired())
                 break
             try:
                 instance = await self.balancer.acquire(task.service_id, tried, deadline, self.settings.no_instance_wait)
@@ -291,16 +292,18 @@ class Router:
                     outcome = await self._call(instance, task, body)
                 finally:
                     self.balancer.release(instance.instance_id, task.service_id)
-            task = await self._record(task, outcome)
+            task = await self._record(held, outcome)
             if isinstance(outcome, Errored) and not task.finished and outcome.instance_id:
                 tried.add(outcome.instance_id)
                 await asyncio.sleep(tasks.backoff(task.attempts, self.settings.backoff))
 
-    async def _record(self, task: Task, outcome: Outcome) -> Task:
+    async def _record(self, held: _Held, outcome: Outcome) -> Task:
+        task = held.task
         events = tasks.decide(task, outcome, utcnow(), self.settings.max_attempts)
         for event in events:
             task = tasks.evolve(task, event)
         await self._emit([(TASK_EVENTS, task.task_id, encode(e)) for e in events])
+        held.task = task
         return task
 
     async def _emit(self, messages: list[tuple[str, str, bytes]]) -> None:

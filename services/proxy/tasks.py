@@ -22,6 +22,7 @@ from events.base import new_id
 from events.tasks import (
     EXHAUSTED,
     EXPIRED,
+    INTERNAL,
     NO_INSTANCE,
     REJECTED,
     TaskAnswered,
@@ -117,11 +118,15 @@ class NoInstance(msgspec.Struct, frozen=True):
     error: str
 
 
+class Crashed(msgspec.Struct, frozen=True):
+    error: str  # what the router raised while it handled the task
+
+
 class Expired(msgspec.Struct, frozen=True):
     pass
 
 
-Outcome = Answered | Errored | NoInstance | Expired
+Outcome = Answered | Errored | NoInstance | Expired | Crashed
 
 
 def decide(task: Task, outcome: Outcome, now: datetime, max_attempts: int) -> list[TaskEvent]:
@@ -155,6 +160,8 @@ def decide(task: Task, outcome: Outcome, now: datetime, max_attempts: int) -> li
                                          error=f"gave up after {attempt} attempts; last: {outcome.error}"))
         case NoInstance():
             events.append(TaskFailed(**meta(), reason=NO_INSTANCE, error=outcome.error, attempts=task.attempts))
+        case Crashed():
+            events.append(TaskFailed(**meta(), reason=INTERNAL, error=outcome.error, attempts=task.attempts))
         case Expired():
             events.append(TaskFailed(**meta(), reason=EXPIRED, attempts=task.attempts,
                                      error=f"no instance took the task before its deadline {task.deadline.isoformat()}"))

@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from aiokafka.errors import KafkaTimeoutError
+
 from services.kafka import partition_of
+from services.pipelines import tables
 from services.pipelines.tables import ChangelogTable
 
 
@@ -69,3 +72,46 @@ async def test_what_falls_due_comes_in_time_order_whatever_the_order_it_was_writ
     table.pop(b"run-c|end")
     table.set(b"run-c|end", b"{}", due=3.0)    # removed, then written again with the same time
     assert table.due(100.0) == [b"run-c|end", b"run-a|end"]
+
+
+class FlakyProducer(Producer):
+    """Kafka refuses the first `failures` writes (as a broker away for longer than the request timeout)."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def send(self, topic: str, value: Any, key: bytes, partition: int) -> asyncio.Future[None]:
+        if self.failures:
+            self.failures -= 1
+            failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            failed.set_exception(KafkaTimeoutError())
+            return failed
+        return await super().send(topic, value, key, partition)
+
+
+async def test_a_refused_write_is_retried_with_the_value_the_key_has_by_then(monkeypatch: Any) -> None:
+    monkeypatch.setattr(tables, "RETRY_FIRST", 0.01)
+    producer = FlakyProducer(failures=1)
+    table = ChangelogTable("unused:9092", "t", 8, producer,  # type: ignore[arg-type]
+                           lambda key: partition_of(key.split(b"|", 1)[0], 8))
+    table[b"run-a|j"] = b"old"  # refused
+    table[b"run-a|j"] = b"new"  # written
+    assert await table.flush()
+    assert [value for _, value, _, _ in producer.sent] == [b"new", b"new"]  # the retry did not bring "old" back
+    producer.failures = 1
+    assert await table.put(b"run-a|k", b"v", due=5.0) and producer.sent[-1][1:3] == (b"v", b"run-a|k")
+    assert table.due(10.0) == [b"run-a|k"]
+
+
+async def test_a_write_refused_until_its_partition_is_given_away_is_dropped(monkeypatch: Any) -> None:
+    monkeypatch.setattr(tables, "RETRY_FIRST", 0.01)
+    producer = FlakyProducer(failures=10**6)
+    table = ChangelogTable("unused:9092", "t", 8, producer,  # type: ignore[arg-type]
+                           lambda key: partition_of(key.split(b"|", 1)[0], 8))
+    table[b"run-a|j"] = b"v"
+    table[b"run-b|j"] = b"v"
+    writes = table.flush()
+    await asyncio.sleep(0.05)
+    table.forget(list(range(8)))  # a rebalance: the next owners read what reached Kafka
+    assert await asyncio.wait_for(writes, timeout=5) is False and producer.sent == []

@@ -13,13 +13,13 @@ from aiokafka import TopicPartition
 from events.base import new_id, utcnow
 from events.codec import decode_event, encode
 from events.services import Argument, Description
-from events.tasks import TaskAnswered, TaskAttemptFailed, TaskSubmitted
+from events.tasks import INTERNAL, TaskAnswered, TaskAttemptFailed, TaskFailed, TaskSubmitted
 from events.topics import TASK_EVENTS
 from services.config import Config, ProxySettings
 from services.consumer import Message, _Acks
 from services.proxy.instances import InstanceUnreachable
 from services.proxy.registry import Instance, Service
-from services.proxy.router import Router
+from services.proxy.router import MAX_IN_FLIGHT, Router
 from tests.conftest import eventually
 
 TP = TopicPartition(TASK_EVENTS, 0)
@@ -114,3 +114,30 @@ async def test_an_unreachable_instance_is_suspected_and_the_task_retried_on_the_
     assert len(failed) >= 1 and all(e.instance_id == "http://a" and e.attempt == 1 for e in failed)
     assert all(a.attempt == 2 for a in answers if a.stream_id in {f.stream_id for f in failed})
     assert "http://a" in router.balancer.suspects  # its /me fails too: no tasks until it answers again
+
+
+class BrokenInstances(FakeInstances):
+    """A client with a fault of its own (not an unreachable instance): what the router did not foresee."""
+
+    async def run(self, url: str, task_path: str, body: bytes, timeout: float, task_id: str) -> tuple[int, bytes]:
+        self.calls.append((url, task_id))
+        raise RuntimeError("a bug in the client")
+
+
+async def test_a_fault_of_the_router_fails_the_task_with_its_reason_and_lets_the_partition_move_on() -> None:
+    router, _, sent = make_router("http://a")
+    router.client = broken = BrokenInstances()  # type: ignore[assignment]
+    acks = _Acks()
+    await router.on_assigned([TP], {TP: 0})
+    acks.received.append(0)
+    task = submitted(1)
+    await router.on_message(Message(TP, 0, encode(task), acks))
+
+    async def acknowledged() -> bool:
+        return acks.committable() == 1
+
+    await eventually(acknowledged, timeout=5, what="the task's message to be acknowledged")
+    assert [task_id for _, task_id in broken.calls] == [task.stream_id]
+    assert [(type(e), e.reason) for e in sent] == [(TaskFailed, INTERNAL)]
+    assert "a bug in the client" in sent[0].error and sent[0].sequence == 2
+    assert router.slots._value == MAX_IN_FLIGHT  # its slot is free again

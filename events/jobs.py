@@ -1,7 +1,8 @@
 """The job stream (seed 001): commands on `skyjobs.job-commands`, events on `skyjobs.job-events`.
 
 Commands come from the API (run, cancel, delete), from executors (start, heartbeat, finish) and
-from the lease keeper (expire, release). The lifecycle agent turns them into events. An executor
+from the lease keeper (expire, release; delete once a job's retention has passed, forget once a
+deleted job's state may leave the lifecycle table). The lifecycle agent turns them into events. An executor
 reports a job's start only once it has run for a moment: a job that ends sooner is reported by one
 `job.finish` carrying its start time, which decides `job.started` and the outcome together.
 """
@@ -33,6 +34,7 @@ class RunJob(Command, frozen=True, tag="job.run.v1"):
     ttl: int | None = None
     request_hash: str | None = None
     labels: dict[str, str] = {}  # who asked, e.g. {"work_id": ..., "task_id": ...} for a work's task
+    retention: int | None = None  # seconds the job is kept once finished (then deleted); None: the default
 
 
 class CancelJob(Command, frozen=True, tag="job.cancel.v1"):
@@ -40,7 +42,7 @@ class CancelJob(Command, frozen=True, tag="job.cancel.v1"):
 
 
 class DeleteJob(Command, frozen=True, tag="job.delete.v1"):
-    pass
+    """From the API (a user's delete) or from the lease keeper (the job's retention has passed)."""
 
 
 class StartJob(Command, frozen=True, tag="job.start.v1"):
@@ -75,7 +77,12 @@ class ReleaseJob(Command, frozen=True, tag="job.release.v1"):
     attempt: int
 
 
-JobCommand = RunJob | CancelJob | DeleteJob | StartJob | Heartbeat | FinishJob | ExpireJob | ReleaseJob
+class ForgetJob(Command, frozen=True, tag="job.forget.v1"):
+    """A deleted job's state may leave the lifecycle agent's table (sent by the lease keeper; no event:
+    the job's events stay in the log and its rows in the projections)."""
+
+
+JobCommand = RunJob | CancelJob | DeleteJob | StartJob | Heartbeat | FinishJob | ExpireJob | ReleaseJob | ForgetJob
 
 
 # --- events -------------------------------------------------------------------------------------
@@ -91,6 +98,7 @@ class JobSubmitted(Event, frozen=True, tag="job.submitted.v1"):
     request_hash: str | None = None
     submitted_at: datetime | None = None  # when the API accepted the run (occurred_at is the decision)
     labels: dict[str, str] = {}
+    retention: int | None = None  # seconds the job is kept once finished, then deleted; None: until deleted
 
 
 class JobStarted(Event, frozen=True, tag="job.started.v1"):

@@ -67,6 +67,8 @@ class Config:
     heartbeat_interval: float = 5.0
     start_report_delay: float = 0.2  # a job that ends sooner reports its start with its finish
     max_attempts: int = 3
+    job_retention: int = 0  # seconds a finished job is kept before it is deleted; 0: kept until deleted
+    job_forget_after: float = 3600.0  # seconds after its finish a deleted job's state leaves the lifecycle table
     executor_slots: int = 32
     cancel_grace: float = 5.0
     job_user: str = "nobody"
@@ -142,6 +144,8 @@ def from_env(env: dict[str, str] | None = None) -> Config:
         heartbeat_interval=number("HEARTBEAT_INTERVAL", base.heartbeat_interval),
         start_report_delay=number("START_REPORT_DELAY", base.start_report_delay),
         max_attempts=int(number("MAX_ATTEMPTS", base.max_attempts)),
+        job_retention=int(number("JOB_RETENTION", base.job_retention)),
+        job_forget_after=number("JOB_FORGET_AFTER", base.job_forget_after),
         executor_slots=int(number("EXECUTOR_SLOTS", base.executor_slots)),
         cancel_grace=number("CANCEL_GRACE", base.cancel_grace),
         job_user=get("JOB_USER", base.job_user),

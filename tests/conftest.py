@@ -88,6 +88,7 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
         "SKYJOBS_LEASE_TIMEOUT": "4",
         "SKYJOBS_HEARTBEAT_INTERVAL": "0.5",
         "SKYJOBS_CANCEL_GRACE": "1",
+        "SKYJOBS_JOB_FORGET_AFTER": "2",  # deleted jobs leave the lifecycle table 2 s after their finish
         "SKYJOBS_JOB_FILE_SIZE_BYTES": str(64 * 1024 * 1024),  # Flink unpacks a 24 MB jar
         "SKYJOBS_JOB_MEMORY_BYTES": str(2 * 1024**3),  # Flink's JVM needs 1.2 GiB of address space
         "SKYJOBS_KAFKA_TIMEOUT": "3",

@@ -24,6 +24,7 @@ from services.jobs.lifecycle import CANCELLED, CANCELLING, FINISHED, STATES, Job
 from services.kafka import BrokerUnavailable
 
 MAX_TTL = 365 * 24 * 3600
+MAX_RETENTION = 10 * 365 * 24 * 3600
 MAX_COMMAND = 64 * 1024
 MAX_INPUT_FILES = 1000
 MAX_LIMIT = 1000
@@ -92,7 +93,7 @@ async def run(request: Request) -> Response:
     user = authenticate(request)
     config = request.app.state.config
     body = only_fields(await read_json(request, config.max_json_body),
-                       {"command", "binary", "input_files", "ttl"}, {"command"})
+                       {"command", "binary", "input_files", "ttl", "retention"}, {"command"})
     command = body["command"]
     if not isinstance(command, str) or not command.strip():
         raise BadRequest("command must be a non-empty string")
@@ -101,6 +102,10 @@ async def run(request: Request) -> Response:
     ttl = body.get("ttl")
     if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= MAX_TTL):
         raise BadRequest(f"ttl must be a whole number of seconds from 1 to {MAX_TTL}")
+    retention = body.get("retention")
+    if retention is not None and (not isinstance(retention, int) or isinstance(retention, bool)
+                                  or not 1 <= retention <= MAX_RETENTION):
+        raise BadRequest(f"retention must be a whole number of seconds from 1 to {MAX_RETENTION}")
     binary_id = parse_uuid(body["binary"], "binary") if body.get("binary") is not None else None
     inputs = body.get("input_files") or []
     if not isinstance(inputs, list) or len(inputs) > MAX_INPUT_FILES:
@@ -111,17 +116,23 @@ async def run(request: Request) -> Response:
     if binary and any(f.name == binary.name for f in input_files):
         raise BadRequest(f"binary and an input file share the name {binary.name!r}")
 
-    canonical = {"command": command, "binary": binary_id, "input_files": input_ids, "ttl": ttl}
+    canonical: dict[str, Any] = {"command": command, "binary": binary_id, "input_files": input_ids, "ttl": ttl}
+    if retention is not None:
+        canonical["retention"] = retention
     request_hash = hashlib.sha256(orjson.dumps(canonical, option=orjson.OPT_SORT_KEYS)).hexdigest()
     job_id = new_id()
     key = request.headers.get("idempotency-key")
     if key is not None:
         if not 1 <= len(key) <= 255:
             raise BadRequest("Idempotency-Key must be 1 to 255 characters")
-        job_id = await _claim_idempotency_key(request.app.state.pool, user, key, request_hash, job_id)
+        claimed = await _claim_idempotency_key(request.app.state.pool, user, key, request_hash, job_id)
+        if claimed != job_id and await _fetch_job(request.app.state.pool, claimed) is not None:
+            return json_response({"job_id": claimed}, 201)  # it reached Kafka: nothing to complete
+        job_id = claimed
     await _send(request, RunJob(
         command_id=new_id(), stream_id=job_id, issued_at=utcnow(), actor=user.user_id, user_id=user.user_id,
         command=command, binary=binary, input_files=input_files, ttl=ttl, request_hash=request_hash,
+        retention=retention,
     ))
     return json_response({"job_id": job_id}, 201)
 
@@ -129,8 +140,10 @@ async def run(request: Request) -> Response:
 async def _claim_idempotency_key(pool: asyncpg.Pool, user: User, key: str, request_hash: str, job_id: str) -> str:
     """The job id bound to this key: a new binding, or the earlier one if the body is the same.
 
-    On a repeat the command is produced again with the same job id: if the first attempt never
-    reached Kafka this completes it; otherwise the lifecycle agent ignores the duplicate.
+    On a repeat whose job the projections do not show yet, the command is produced again with the
+    same job id: if the first attempt never reached Kafka this completes it; otherwise the lifecycle
+    agent ignores the duplicate. (A job they show is not sent again: its state may have been
+    forgotten by the lifecycle agent since, which would take the copy for a new job.)
     """
     row = await pool.fetchrow(
         "WITH ins AS (INSERT INTO idempotency_keys (user_id, key, request_hash, job_id) VALUES ($1, $2, $3, $4) "

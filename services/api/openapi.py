@@ -71,6 +71,8 @@ DOCUMENT: dict[str, Any] = {
                     "binary": UUID,
                     "input_files": {"type": "array", "items": UUID},
                     "ttl": {"type": "integer", "minimum": 1, "maximum": 31536000},
+                    "retention": {"type": "integer", "minimum": 1, "maximum": 315360000,
+                                  "description": "seconds the job is kept once finished; then it is deleted"},
                 },
             }}}},
             "responses": {**_ok(201, JOB_ID_RESULT), **_errors(400, 401, 409, 503)},

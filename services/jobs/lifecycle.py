@@ -9,12 +9,16 @@ what makes redelivered commands harmless.
       │                 │ └──cancel──> cancelling ──finish──> cancelled
       │                 └──release (lease lost)──> queued (attempt+1) | failed
       └──cancel──> cancelled          any unfinished ──ttl──> expired
+
+A finished job with a retention is deleted once it has passed (the lease keeper sends the delete);
+a deleted job's state leaves the agent's table `forget_after` its finish (no event: its events stay
+in the log, its rows in the projections, and every later command about it decides nothing).
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -59,6 +63,8 @@ class Policy(msgspec.Struct, frozen=True):
 
     lease_timeout: float = 30.0
     max_attempts: int = 3
+    retention: int | None = None  # of a job whose run does not say (None: kept until deleted)
+    forget_after: float = 3600.0  # a deleted job's state is dropped this long after its finish at the earliest
 
 
 DEFAULT_POLICY = Policy()
@@ -87,6 +93,7 @@ class Job(msgspec.Struct, kw_only=True):
     lease_until: datetime | None = None
     request_hash: str | None = None
     labels: dict[str, str] = {}
+    retention: int | None = None
     deleted: bool = False
     version: int = 0
     correlation_id: str = ""
@@ -111,6 +118,7 @@ def evolve(job: Job | None, event: JobEvent, policy: Policy = DEFAULT_POLICY) ->
             submitted_at=event.submitted_at or event.occurred_at,
             request_hash=event.request_hash,
             labels=dict(event.labels),
+            retention=event.retention,
             version=event.sequence,
             correlation_id=event.correlation_id,
         )
@@ -178,6 +186,7 @@ def decide(job: Job | None, command: JobCommand, now: datetime, policy: Policy =
                 request_hash=command.request_hash,
                 submitted_at=submitted_at,
                 labels=command.labels,
+                retention=command.retention if command.retention is not None else policy.retention,
             )
         ]
     if job is None or job.deleted:
@@ -253,11 +262,40 @@ def _meta(job: Job | None, command: JobCommand, now: datetime) -> dict[str, Any]
     }
 
 
-def due_commands(job: Job, now: datetime) -> list[str]:
-    """What the lease keeper should send for this job now: 'expire', 'release', or nothing."""
+class Due(Protocol):
+    """What the lease keeper's index reads of a job (a `Job`, or only these fields of one)."""
+
+    state: str
+    deleted: bool
+    deadline: datetime | None
+    lease_until: datetime | None
+    finished_at: datetime | None
+    retention: int | None
+
+
+def due_at(job: Due, policy: Policy = DEFAULT_POLICY) -> datetime | None:
+    """When the lease keeper may next have something to send for the job (`due_commands`), if ever."""
+    if job.state in FINISHED:
+        if job.finished_at is None:
+            return None
+        if job.deleted:
+            return job.finished_at + timedelta(seconds=max(job.retention or 0, policy.forget_after))
+        return job.finished_at + timedelta(seconds=job.retention) if job.retention else None
+    if job.deleted:
+        return None
+    leased = job.lease_until if job.state in (RUNNING, CANCELLING) else None
+    times = [t for t in (job.deadline, leased) if t is not None]
+    return min(times) if times else None
+
+
+def due_commands(job: Job, now: datetime, policy: Policy = DEFAULT_POLICY) -> list[str]:
+    """What the lease keeper should send for this job now: 'expire', 'release', 'delete' (its
+    retention has passed), 'forget' (deleted, and finished long enough ago), or nothing."""
     due = []
     if not job.finished and job.deadline is not None and now >= job.deadline:
         due.append("expire")
     if job.state in (RUNNING, CANCELLING) and job.lease_until is not None and now >= job.lease_until:
         due.append("release")
+    if job.finished and (at := due_at(job, policy)) is not None and now >= at:
+        due.append("forget" if job.deleted else "delete")
     return due

@@ -3,7 +3,7 @@
     skyjobs.job-commands ──lifecycle──> skyjobs.job-events ──> executors (services/jobs/dispatcher.py)
                  ^   (decide/evolve, table "jobs")                 │  start, heartbeat, finish
                  ├────────────────────────────────────────────────┘
-                 └── lease keeper (timer over the unfinished jobs: ttl and lost executors)
+                 └── lease keeper (timer over what falls due: ttls, lost executors, retentions)
     a work's task job, once finished ──> skyjobs.work-commands (services/works/agents.py)
 
 Both job topics are keyed by job id with the same partition count, so a worker that owns a
@@ -23,12 +23,12 @@ import msgspec
 from events import cloudevents
 from events.base import Command, new_id, utcnow
 from events.codec import DecodeError, decode_command_of, encode
-from events.jobs import ExpireJob, JobCommand, ReleaseJob
+from events.jobs import DeleteJob, ExpireJob, ForgetJob, JobCommand, ReleaseJob
 from events.topics import DEAD_LETTERS, JOB_COMMANDS, JOB_EVENTS
 from services.config import Config
 from services.due_times import DueTimes
 from services.jobs import lifecycle
-from services.jobs.lifecycle import CANCELLING, FINISHED, RUNNING, Job, Policy
+from services.jobs.lifecycle import Job, Policy
 from services.kafka import partition_of
 from services.works.agents import register as register_works
 
@@ -45,19 +45,22 @@ class _Liveness(msgspec.Struct):
     deleted: bool = False
     deadline: datetime | None = None
     lease_until: datetime | None = None
+    finished_at: datetime | None = None
+    retention: int | None = None
 
 
-def index_due(due: DueTimes[float], key: bytes, job: Job | _Liveness) -> None:
-    """Put in `due` when the lease keeper may next have to act on the job: its ttl, its executor's lease."""
-    leased = job.state in (RUNNING, CANCELLING)
-    times = [t for t in (job.deadline, job.lease_until if leased else None) if t is not None]
-    if times and job.state not in FINISHED and not job.deleted:
-        due.set(key, min(times).timestamp())
+def index_due(due: DueTimes[float], key: bytes, job: Job | _Liveness, policy: Policy) -> None:
+    """Put in `due` when the lease keeper may next have to act on the job: its ttl, its executor's
+    lease, the end of its retention, the time its state may be forgotten (`lifecycle.due_at`)."""
+    at = lifecycle.due_at(job, policy)
+    if at is not None:
+        due.set(key, at.timestamp())
     else:
         due.discard(key)
 
 
 _liveness_decoder = msgspec.json.Decoder(_Liveness)
+_KEEPER_COMMANDS: dict[str, type[Command]] = {"expire": ExpireJob, "delete": DeleteJob, "forget": ForgetJob}
 
 
 class CloudEventsTopic(faust.Topic):  # type: ignore[misc]
@@ -76,7 +79,8 @@ def _raw(app: faust.App, name: str, partitions: int) -> Any:
 
 
 def create_app(config: Config) -> faust.App:
-    policy = Policy(lease_timeout=config.lease_timeout, max_attempts=config.max_attempts)
+    policy = Policy(lease_timeout=config.lease_timeout, max_attempts=config.max_attempts,
+                    retention=config.job_retention or None, forget_after=config.job_forget_after)
     app = faust.App(
         "skyjobs-jobs",
         broker=f"kafka://{config.kafka_bootstrap}",
@@ -98,7 +102,7 @@ def create_app(config: Config) -> faust.App:
     events = _raw(app, JOB_EVENTS, config.partitions)
     dead_letters = _raw(app, DEAD_LETTERS, config.partitions)
     jobs = app.Table("jobs", default=None, partitions=config.partitions, key_type=bytes, value_type=bytes)
-    # When unfinished jobs fall due: an index of the table (the lease keeper's work list), rebuilt
+    # When jobs fall due (ttl, lease, retention): an index of the table (the lease keeper's work list), rebuilt
     # from the table whenever faust has recovered it, kept up to date by the lifecycle agent.
     due = DueTimes[float]()
     job_finished = register_works(app, config, lambda name: _raw(app, name, config.partitions), commands, dead_letters)
@@ -108,7 +112,7 @@ def create_app(config: Config) -> faust.App:
         due.clear()
         for key, raw in jobs.items():
             if raw:
-                index_due(due, key, _liveness_decoder.decode(raw))
+                index_due(due, key, _liveness_decoder.decode(raw), policy)
 
     def state_of(key: bytes) -> Job | None:
         raw = jobs.get(key)
@@ -128,13 +132,19 @@ def create_app(config: Config) -> faust.App:
                 await dead_letters.send(key=key, value=raw, headers={"skyjobs_reason": str(exc).encode()})
                 continue
             job = state_of(key)
-            decided = lifecycle.decide(job, command, utcnow(), policy)
+            now = utcnow()
+            if isinstance(command, ForgetJob):
+                if job is not None and "forget" in lifecycle.due_commands(job, now, policy):
+                    del jobs[key]  # a tombstone in the table's changelog
+                    due.discard(key)
+                continue
+            decided = lifecycle.decide(job, command, now, policy)
             for event in decided:
                 job = lifecycle.evolve(job, event, policy)
                 await events.send(key=key, value=encode(event))
             if decided and job is not None:
                 jobs[key] = _state_codec.encode(job)
-                index_due(due, key, job)
+                index_due(due, key, job, policy)
             if job is not None and job.finished:  # also after a redelivery, which decides nothing
                 await job_finished(job)
 
@@ -150,13 +160,13 @@ def create_app(config: Config) -> faust.App:
             if job is None or partition_of(key, config.partitions) not in owned:
                 due.discard(key)  # gone, or a copy faust's memory store keeps of a partition given away
                 continue
-            names = lifecycle.due_commands(job, now)
+            names = lifecycle.due_commands(job, now, policy)
             for name in names:
                 meta: dict[str, Any] = {"command_id": new_id(), "stream_id": job.job_id, "issued_at": now, "actor": "skyjobs"}
-                command = ExpireJob(**meta) if name == "expire" else ReleaseJob(**meta, attempt=job.attempt)
-                await send_command(command)
+                await send_command(ReleaseJob(**meta, attempt=job.attempt) if name == "release"
+                                   else _KEEPER_COMMANDS[name](**meta))
             if not names:  # not due after all (the index was behind the table): from the job itself
                 due.discard(key)
-                index_due(due, key, job)
+                index_due(due, key, job, policy)
 
     return app

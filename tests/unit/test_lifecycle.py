@@ -191,3 +191,28 @@ def test_delete_marks_deleted_and_ignores_later_commands(job_id: str) -> None:
 def test_commands_for_unknown_jobs_decide_nothing(job_id: str) -> None:
     assert decide(None, CancelJob(**meta(job_id)), T0) == []
     assert decide(None, StartJob(**meta(job_id), executor_id="e", attempt=1), T0) == []
+
+
+def test_a_finished_job_is_deleted_once_its_retention_has_passed_then_forgotten(job_id: str) -> None:
+    policy = Policy(retention=None, forget_after=3600)
+    finish = FinishJob(**meta(job_id), executor_id="e1", attempt=1, exit_code=0, started_at=T0)
+    job, _ = given(RunJob(**meta(job_id), user_id="u1", command="true", retention=60), finish)
+    assert job is not None and job.retention == 60 and job.finished_at == T0
+    assert due_commands(job, T0 + timedelta(seconds=59), policy) == []
+    assert due_commands(job, T0 + timedelta(seconds=60), policy) == ["delete"]
+    deleted = decide(job, DeleteJob(**{**meta(job_id), "actor": "skyjobs"}), T0 + timedelta(seconds=60), policy)
+    assert [type(e) for e in deleted] == [JobDeleted] and deleted[0].actor == "skyjobs"
+    job = evolve(job, deleted[0], policy)
+    assert due_commands(job, T0 + timedelta(seconds=3599), policy) == []  # long after its commands were committed
+    assert due_commands(job, T0 + timedelta(seconds=3600), policy) == ["forget"]
+
+
+def test_a_run_without_a_retention_takes_the_policys_and_none_keeps_it(job_id: str) -> None:
+    finish = FinishJob(**meta(job_id), executor_id="e1", attempt=1, exit_code=0, started_at=T0)
+    job, _ = given(run(job_id), finish)
+    assert job is not None and job.retention is None
+    assert due_commands(job, T0 + timedelta(days=3650), Policy()) == []  # kept until deleted
+    submitted = decide(None, run(job_id), T0, Policy(retention=86400))
+    assert isinstance(submitted[0], JobSubmitted) and submitted[0].retention == 86400
+    deleted_job, _ = given(run(job_id), DeleteJob(**meta(job_id)))  # cancelled (it was queued) and deleted at T0
+    assert deleted_job is not None and due_commands(deleted_job, T0 + timedelta(hours=1), Policy()) == ["forget"]

@@ -77,6 +77,7 @@ class Config:
     max_upload: int = 256 * 1024**2
     kafka_timeout: float = 5.0
     read_your_writes_wait: float = 5.0
+    idempotency_ttl: float = 86400.0  # seconds an Idempotency-Key of POST /api/job/run is remembered
     worker_id: str = ""
     flink_home: str | None = None
     proxy: ProxySettings = ProxySettings()
@@ -154,6 +155,7 @@ def from_env(env: dict[str, str] | None = None) -> Config:
         max_upload=int(number("MAX_UPLOAD", base.max_upload)),
         kafka_timeout=number("KAFKA_TIMEOUT", base.kafka_timeout),
         read_your_writes_wait=number("READ_YOUR_WRITES_WAIT", base.read_your_writes_wait),
+        idempotency_ttl=number("IDEMPOTENCY_TTL", base.idempotency_ttl),
         worker_id=get("WORKER_ID", f"{os.uname().nodename}-{os.getpid()}"),
         flink_home=env.get("SKYJOBS_FLINK_HOME") or None,
         proxy=_proxy_settings(get, number),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -87,9 +88,11 @@ def create_app(config: Config) -> Starlette:
         app.state.proxy = await proxy.start(config, app.state.tail)
         app.state.pipelines = pipelines.create_state(config)
         app.state.pipelines.watch.attach(app.state.tail, config.kafka_bootstrap)
+        expiring = asyncio.ensure_future(jobs.expire_idempotency_keys_forever(app.state.pool, config.idempotency_ttl))
         try:
             yield
         finally:
+            expiring.cancel()
             app.state.pipelines.watch.detach()
             await proxy.stop(app.state.proxy)
             await app.state.fanout.stop()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +24,8 @@ from services.api.requests import authenticate, only_fields, parse_uuid, read_js
 from services.config import User
 from services.jobs.lifecycle import CANCELLED, CANCELLING, FINISHED, STATES, Job
 from services.kafka import BrokerUnavailable
+
+log = logging.getLogger(__name__)
 
 MAX_TTL = 365 * 24 * 3600
 MAX_RETENTION = 10 * 365 * 24 * 3600
@@ -125,7 +129,8 @@ async def run(request: Request) -> Response:
     if key is not None:
         if not 1 <= len(key) <= 255:
             raise BadRequest("Idempotency-Key must be 1 to 255 characters")
-        claimed = await _claim_idempotency_key(request.app.state.pool, user, key, request_hash, job_id)
+        claimed = await _claim_idempotency_key(request.app.state.pool, user, key, request_hash, job_id,
+                                               request.app.state.config.idempotency_ttl)
         if claimed != job_id and await _fetch_job(request.app.state.pool, claimed) is not None:
             return json_response({"job_id": claimed}, 201)  # it reached Kafka: nothing to complete
         job_id = claimed
@@ -137,8 +142,10 @@ async def run(request: Request) -> Response:
     return json_response({"job_id": job_id}, 201)
 
 
-async def _claim_idempotency_key(pool: asyncpg.Pool, user: User, key: str, request_hash: str, job_id: str) -> str:
-    """The job id bound to this key: a new binding, or the earlier one if the body is the same.
+async def _claim_idempotency_key(pool: asyncpg.Pool, user: User, key: str, request_hash: str, job_id: str,
+                                 ttl: float) -> str:
+    """The job id bound to this key: a new binding (also of a key first used more than `ttl` seconds
+    ago), or the earlier one if the body is the same.
 
     On a repeat whose job the projections do not show yet, the command is produced again with the
     same job id: if the first attempt never reached Kafka this completes it; otherwise the lifecycle
@@ -147,15 +154,33 @@ async def _claim_idempotency_key(pool: asyncpg.Pool, user: User, key: str, reque
     """
     row = await pool.fetchrow(
         "WITH ins AS (INSERT INTO idempotency_keys (user_id, key, request_hash, job_id) VALUES ($1, $2, $3, $4) "
-        "ON CONFLICT DO NOTHING RETURNING request_hash, job_id) "
+        "ON CONFLICT (user_id, key) DO UPDATE SET request_hash = EXCLUDED.request_hash, job_id = EXCLUDED.job_id, "
+        "created_at = now() WHERE idempotency_keys.created_at < now() - make_interval(secs => $5) "
+        "RETURNING request_hash, job_id) "
         "SELECT request_hash, job_id FROM ins UNION ALL "
         "SELECT request_hash, job_id FROM idempotency_keys WHERE user_id = $1 AND key = $2 LIMIT 1",
-        user.user_id, key, request_hash, job_id,
+        user.user_id, key, request_hash, job_id, ttl,
     )
     assert row is not None
     if row["request_hash"] != request_hash:
         raise Conflict("Idempotency-Key was already used with a different body", job_id=str(row["job_id"]))
     return str(row["job_id"])
+
+
+async def expire_idempotency_keys(db: asyncpg.Pool | asyncpg.Connection, ttl: float) -> int:
+    """Delete the keys first used more than `ttl` seconds ago; how many went."""
+    status = await db.execute("DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)", ttl)
+    return int(status.split()[-1])
+
+
+async def expire_idempotency_keys_forever(pool: asyncpg.Pool, ttl: float, every: float = 600.0) -> None:
+    """Each API process expires keys now and then (two doing it at once is harmless)."""
+    while True:
+        try:
+            await expire_idempotency_keys(pool, ttl)
+        except (OSError, asyncpg.PostgresError) as exc:
+            log.warning("expiring idempotency keys failed: %r", exc)
+        await asyncio.sleep(every)
 
 
 def job_view(job: Job) -> dict[str, Any]:

@@ -102,6 +102,7 @@ ACTOR = "skyjobs-pipelines"
 MAX_IN_FLIGHT = 5000  # tokens one worker runs at once; the work agent waits beyond
 WORK_GROUP = "skyjobs-pipelines-work"
 PARTS_GROUP = "skyjobs-pipelines-parts"
+TOKEN_RETRY_FIRST, TOKEN_RETRY_LAST = 0.5, 5.0  # seconds before a token that failed in the worker runs again
 REVOKE_WAIT = 5.0  # seconds a rebalance waits for the tokens in flight of the partitions it moves
 ENDED_KEPT = 60.0  # seconds an ended run's end point is kept after its deadline (late arrivals are dropped)
 
@@ -609,10 +610,24 @@ class WorkConsumer(AckingConsumer):
         task.add_done_callback(running.discard)
 
     async def _run(self, command: ContinueRun, message: Record, key: str) -> None:
+        """Run the token; one that fails here (Kafka gone for longer than a request's timeout, a full
+        disk) is run again, as the next owner would after a crash (the journal keeps its unsafe steps
+        from being sent twice), until it succeeds, its run's deadline passes (the sweep then ends the
+        run with a 504) or its partition is given away (the next owner runs it)."""
+        delay = TOKEN_RETRY_FIRST
         try:
-            await self.worker.on_token(command, message.tp.partition)
-        except Exception:
-            log.exception("pipeline token %s failed in the worker", key)
+            while True:
+                try:
+                    await self.worker.on_token(command, message.tp.partition)
+                    return
+                except Exception:
+                    log.exception("pipeline token %s failed in the worker", key)
+                if time.time() + delay > command.token.deadline:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(TOKEN_RETRY_LAST, delay * 2)
+                if self.acks.get(message.tp) is not message.acks:
+                    return
         finally:
             self.worker.running.discard(key)
             self.worker.slots.release()

@@ -8,7 +8,9 @@ import uuid
 
 import httpx
 
-from tests.conftest import eventually, wait_state
+from services import db
+from services.api.jobs import expire_idempotency_keys
+from tests.conftest import Stack, eventually, wait_state
 
 
 async def run(client: httpx.AsyncClient, command: str, **fields: object) -> str:
@@ -124,6 +126,26 @@ async def test_idempotency_key(alice: httpx.AsyncClient, bob: httpx.AsyncClient)
     bobs = await bob.post("/api/job/run", json={"command": "echo once"}, headers=key)  # keys are per user
     assert bobs.status_code == 201 and bobs.json()["job_id"] != first.json()["job_id"]
     await wait_state(alice, first.json()["job_id"], "succeeded")
+
+
+async def test_an_idempotency_key_is_forgotten_after_its_ttl(stack: Stack, alice: httpx.AsyncClient) -> None:
+    key = {"Idempotency-Key": str(uuid.uuid4())}
+    first = (await alice.post("/api/job/run", json={"command": "echo once"}, headers=key)).json()["job_id"]
+    conn = await db.connect(stack.infra.database_url)
+    try:  # a day passes for this key (SKYJOBS_IDEMPOTENCY_TTL: 24 h)
+        await conn.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1",
+                           key["Idempotency-Key"])
+        again = await alice.post("/api/job/run", json={"command": "echo twice"}, headers=key)  # bound anew
+        assert again.status_code == 201 and again.json()["job_id"] != first
+        assert (await alice.post("/api/job/run", json={"command": "echo twice"}, headers=key)).json() == again.json()
+        await conn.execute("UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = $1",
+                           key["Idempotency-Key"])
+        assert await expire_idempotency_keys(conn, 86400) >= 1
+        assert await conn.fetchval("SELECT count(*) FROM idempotency_keys WHERE key = $1", key["Idempotency-Key"]) == 0
+    finally:
+        await conn.close()
+    await wait_state(alice, again.json()["job_id"], "succeeded")
+    await wait_state(alice, first, "succeeded")
 
 
 async def test_list_jobs_newest_first_with_filters_and_cursor(stack: object) -> None:

@@ -1,0 +1,88 @@
+"""A token that fails in the worker is run again, not acknowledged as if done (no Kafka: the consumer
+is never started; its messages are made here)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+
+from events.pipelines import ContinueRun
+from services.consumer import Message, _Acks
+from services.pipelines import agents
+from services.pipelines.agents import WorkConsumer
+
+
+class Worker:
+    def __init__(self, failures: int) -> None:
+        self.config = SimpleNamespace(kafka_bootstrap="unused:9092")
+        self.running: set[str] = set()
+        self.slots = asyncio.Semaphore(10)
+        self.failures = failures
+        self.calls = 0
+
+    async def on_token(self, command: ContinueRun, partition: int) -> None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError("Kafka timed out")
+
+
+def command(deadline: float) -> ContinueRun:
+    return SimpleNamespace(token=SimpleNamespace(deadline=deadline))  # type: ignore[return-value]  # all _run reads
+
+
+MADE: list[WorkConsumer] = []
+
+
+def consumer(worker: Worker) -> tuple[WorkConsumer, Message]:
+    work = WorkConsumer(worker, None)  # type: ignore[arg-type]
+    MADE.append(work)
+    tp = TopicPartition("skyjobs.pipeline-work", 0)
+    acks = _Acks()
+    acks.received.append(7)
+    work.acks[tp] = acks
+    return work, Message(tp, 7, b"", acks)
+
+
+@pytest.fixture(autouse=True)
+async def quick_retries(monkeypatch: Any) -> AsyncIterator[None]:
+    monkeypatch.setattr(agents, "TOKEN_RETRY_FIRST", 0.01)
+    monkeypatch.setattr(agents, "TOKEN_RETRY_LAST", 0.02)
+    yield
+    while MADE:
+        await MADE.pop().consumer.stop()  # never started: nothing but its resources to close
+
+
+async def test_a_token_that_failed_is_run_again_and_acknowledged_once_it_succeeds() -> None:
+    worker = Worker(failures=2)
+    work, message = consumer(worker)
+    await worker.slots.acquire()
+    await work._run(command(time.time() + 60), message, "run:r")
+    assert worker.calls == 3
+    assert message.acks.committable() == 8  # acknowledged: the commit passes it
+    assert worker.slots._value == 10 and not worker.running
+
+
+async def test_a_token_past_its_deadline_is_not_run_again() -> None:
+    worker = Worker(failures=100)
+    work, message = consumer(worker)
+    await worker.slots.acquire()
+    await work._run(command(time.time() + 0.05), message, "run:r")
+    assert 1 <= worker.calls <= 5  # stopped at the deadline: the sweep ends the run (504)
+    assert message.acks.committable() == 8
+
+
+async def test_a_token_of_a_partition_given_away_is_left_to_its_next_owner() -> None:
+    worker = Worker(failures=100)
+    work, message = consumer(worker)
+    await worker.slots.acquire()
+    run = asyncio.ensure_future(work._run(command(time.time() + 60), message, "run:r"))
+    await asyncio.sleep(0.005)
+    work.acks.pop(message.tp)  # the rebalance took the partition
+    await asyncio.wait_for(run, 1)
+    assert worker.calls == 1

@@ -31,6 +31,7 @@ import asyncio
 import copy
 import logging
 import time
+from collections.abc import Callable
 from fractions import Fraction
 from functools import lru_cache
 from typing import Any
@@ -91,7 +92,7 @@ from services.pipelines.journal import Journal
 from services.pipelines.messages import Message, error_message
 from services.pipelines.settings import from_env
 from services.pipelines.spec import Spec, parse
-from services.pipelines.tables import ChangelogTable
+from services.pipelines.tables import RETRY_FIRST, RETRY_LAST, ChangelogTable
 from services.pipelines.transport import HttpTransport
 from services.pipelines.wire import Bodies
 
@@ -193,6 +194,39 @@ class Worker:
         assert producer is not None
         future: asyncio.Future[Any] = await producer.send(topic, value, key=key.encode())
         return future
+
+    async def send_surely(self, topic: str, key: str, value: bytes, owned: Callable[[], bool]) -> asyncio.Future[bool]:
+        """Send now; the future is True once Kafka has the record (sent again after each refusal,
+        RETRY_FIRST doubling to RETRY_LAST: Kafka away for longer than a request's timeout loses
+        nothing), or False once `owned()` says the partition went to another worker (whose replay
+        of the unacknowledged arrival sends it again)."""
+        first = await self._try_send(topic, key, value)
+        return asyncio.ensure_future(self._until_written(first, topic, key, value, owned))
+
+    async def _try_send(self, topic: str, key: str, value: bytes) -> asyncio.Future[Any]:
+        try:
+            return await self.send(topic, key, value)
+        except Exception as exc:  # no metadata in time (Kafka away): as a refused write
+            refused: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            refused.set_exception(exc)
+            return refused
+
+    async def _until_written(self, delivery: asyncio.Future[Any], topic: str, key: str, value: bytes,
+                             owned: Callable[[], bool]) -> bool:
+        delay = RETRY_FIRST
+        while True:
+            try:
+                await delivery
+                return True
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("sending %s of %s failed (%r); retrying in %.1f s", topic, key[:80], exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(RETRY_LAST, delay * 2)
+            if not owned():
+                return False
+            delivery = await self._try_send(topic, key, value)
 
     async def _publish_file(self, event: FileStored) -> None:
         await (await self.send(FILE_EVENTS, event.stream_id, encode(event)))
@@ -324,8 +358,9 @@ class Worker:
                                     token.message if part.outcome == "message" else None, part.outcome != "notice"))
         joins.pop(tally_key.encode(), None)
         joined = joined_token(arrivals, arrive.point)
+        owned = self._owned(joins, run_id)
         # on the producer the run's end goes by (same partition): ordered without waiting in between
-        deliveries = [await self.send(PIPELINE_RUNS, run_id, value=encode_event(RunJoined(
+        deliveries = [await self.send_surely(PIPELINE_RUNS, run_id, owned=owned, value=encode_event(RunJoined(
             **self.meta(run), token_id=joined.token_id, point=arrive.point, kind=arrive.kind,
             parts=len(arrivals), messages=sum(1 for a in arrivals if a.message is not None),
             user_id=self.owner(run) or None)))]
@@ -342,9 +377,9 @@ class Worker:
                 await delivery
             return
         wire = await self.wire(run, joined)
-        deliveries.append(await self.send(PIPELINE_WORK, token_key(run_id, joined, run.route), encode(ContinueRun(
+        deliveries.append(await self.send_surely(PIPELINE_WORK, token_key(run_id, joined, run.route), encode(ContinueRun(
             command_id=new_id(), stream_id=run_id, issued_at=utcnow(), actor=self.actor,
-            correlation_id=run.correlation_id, token=wire))))
+            correlation_id=run.correlation_id, token=wire)), owned))
         for delivery in deliveries:
             await delivery
 
@@ -357,7 +392,12 @@ class Worker:
         joins.set(end_key.encode(), orjson.dumps({"ended": True, "deadline": run.deadline, "kind": END, "level": 0,
                                                   "owner": self.owner(run)}), due=run.deadline + ENDED_KEPT)
         event = await self.ended_event(run.run_id, run.correlation_id, self.owner(run), result, run.next_sequence())
-        await (await self.send(PIPELINE_RUNS, run.run_id, encode_event(event)))
+        await (await self.send_surely(PIPELINE_RUNS, run.run_id, encode_event(event), self._owned(joins, run.run_id)))
+
+    @staticmethod
+    def _owned(joins: Any, run_id: str) -> Callable[[], bool]:
+        key = run_id.encode()
+        return lambda: joins.owns(key)
 
     async def ended_event(self, run_id: str, correlation_id: str, owner: str, result: Message,
                           sequence: int) -> RunEnded:
@@ -403,6 +443,7 @@ class Worker:
             await self.send(PIPELINE_PARTS, run_id, encode(Arrive(
                 command_id=new_id(), stream_id=run_id, issued_at=utcnow(), actor=self.actor, point=point,
                 kind=str(state.get("kind", END)), level=int(state.get("level", 0)), outcome="expired")))
+        joins.prune()
 
 
 class KafkaSink:

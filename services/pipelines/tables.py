@@ -145,6 +145,16 @@ class ChangelogTable:
                 return False
             value = self.data[partition].get(key)
 
+    def owns(self, key: bytes) -> bool:
+        """Whether the partition of `key` is this worker's (read, or being read)."""
+        return self.partition_of_key(key) in self.data
+
+    def prune(self) -> None:
+        """Drop the writes Kafka has (a waiter would learn nothing from them): the sweeps' writes
+        would otherwise stay in `pending` until the next arrival takes it."""
+        self.pending = [send for send in self.pending if not (send.done() and not send.cancelled()
+                                                               and send.exception() is None and send.result())]
+
     async def flush(self) -> bool:
         """Wait until Kafka has every write made so far; False if a partition written to was given away."""
         pending, self.pending = self.pending, []

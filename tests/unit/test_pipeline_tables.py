@@ -115,3 +115,20 @@ async def test_a_write_refused_until_its_partition_is_given_away_is_dropped(monk
     await asyncio.sleep(0.05)
     table.forget(list(range(8)))  # a rebalance: the next owners read what reached Kafka
     assert await asyncio.wait_for(writes, timeout=5) is False and producer.sent == []
+
+
+async def test_prune_drops_only_the_writes_kafka_has(monkeypatch: Any) -> None:
+    monkeypatch.setattr(tables, "RETRY_FIRST", 0.01)
+    producer = FlakyProducer(failures=0)
+    table = ChangelogTable("unused:9092", "t", 8, producer,  # type: ignore[arg-type]
+                           lambda key: partition_of(key.split(b"|", 1)[0], 8))
+    table[b"run-a|j"] = b"v"
+    table.pop(b"run-a|j")  # a sweep's tombstone
+    await asyncio.sleep(0.01)
+    producer.failures = 10**6
+    table[b"run-b|j"] = b"v"  # not in Kafka yet
+    await asyncio.sleep(0.01)
+    table.prune()
+    assert len(table.pending) == 1 and not table.pending[0].done()
+    table.forget(list(range(8)))
+    assert await asyncio.wait_for(table.flush(), timeout=5) is False  # what is left still tells its waiter

@@ -1,21 +1,26 @@
-"""A token that fails in the worker is run again, not acknowledged as if done (no Kafka: the consumer
-is never started; its messages are made here)."""
+"""A token that fails in the worker is run again, not acknowledged as if done, and what a join sends
+is sent again until Kafka has it (no Kafka: the consumer is never started; its messages and the
+refusals are made here)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaTimeoutError
 
 from events.pipelines import ContinueRun
+from services.config import Config
 from services.consumer import Message, _Acks
 from services.pipelines import agents
 from services.pipelines.agents import WorkConsumer
+from services.pipelines.flow import Settings
 
 
 class Worker:
@@ -86,3 +91,37 @@ async def test_a_token_of_a_partition_given_away_is_left_to_its_next_owner() -> 
     work.acks.pop(message.tp)  # the rebalance took the partition
     await asyncio.wait_for(run, 1)
     assert worker.calls == 1
+
+
+class RefusingSends:
+    """Worker.send as when Kafka is away for a while: the first `refusals` sends fail."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.sent: list[tuple[str, str, bytes]] = []
+
+    async def __call__(self, topic: str, key: str, value: bytes, audit: bool = False) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.refusals:
+            self.refusals -= 1
+            done.set_exception(KafkaTimeoutError())
+        else:
+            self.sent.append((topic, key, value))
+            done.set_result(None)
+        return done
+
+
+async def test_what_a_join_sends_is_sent_again_until_kafka_has_it(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(agents, "RETRY_FIRST", 0.01)
+    worker = agents.Worker(Config(data_dir=tmp_path), Settings())
+    sends = RefusingSends(refusals=3)
+    monkeypatch.setattr(worker, "send", sends)
+    assert await (await worker.send_surely("skyjobs.pipeline-work", "run:r", b"token", lambda: True)) is True
+    assert sends.sent == [("skyjobs.pipeline-work", "run:r", b"token")]
+    sends.refusals = 10**6
+    owned = [True]
+    delivery = await worker.send_surely("skyjobs.pipeline-runs", "run", b"end", lambda: owned[0])
+    await asyncio.sleep(0.05)
+    owned[0] = False  # a rebalance: the next owner replays the arrival, which was not acknowledged
+    assert await asyncio.wait_for(delivery, 5) is False
+    await worker.stop()

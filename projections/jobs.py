@@ -19,7 +19,7 @@ TOPIC = JOB_EVENTS
 COLUMNS = (
     "job_id user_id state command binary_file input_files ttl deadline submitted_at started_at finished_at "
     "exit_code answer_id stderr_id error attempt executor_id lease_until request_hash deleted version "
-    "correlation_id"
+    "correlation_id retention"
 ).split()
 
 _TYPES = {
@@ -27,7 +27,7 @@ _TYPES = {
     "input_files": "jsonb", "ttl": "bigint", "deadline": "timestamptz", "submitted_at": "timestamptz",
     "started_at": "timestamptz", "finished_at": "timestamptz", "exit_code": "int", "answer_id": "uuid",
     "stderr_id": "uuid", "error": "text", "attempt": "int", "executor_id": "text", "lease_until": "timestamptz",
-    "request_hash": "text", "deleted": "boolean", "version": "int", "correlation_id": "text",
+    "request_hash": "text", "deleted": "boolean", "version": "int", "correlation_id": "text", "retention": "bigint",
 }
 # One upsert per batch (a batch holds each job once), from arrays or from the staging table (batch.py).
 _ON_CONFLICT = f"""

@@ -201,6 +201,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "started_at": _iso(job.started_at),
         "finished_at": _iso(job.finished_at),
         "expires_at": _iso(job.deadline),
+        "retention": job.retention,
     }
 
 

@@ -36,6 +36,8 @@ JOB_INFO = {
         "input_files": {"type": "array", "items": UUID}, "ttl": {"type": ["integer", "null"]},
         "attempt": {"type": "integer"}, "submitted_at": {"type": "string", "format": "date-time"},
         "started_at": NULLABLE_TIME, "finished_at": NULLABLE_TIME, "expires_at": NULLABLE_TIME,
+        "retention": {"type": ["integer", "null"], "description": "seconds the job is kept once finished (null: "
+                      "until deleted)"},
     },
 }
 LIST_PARAMS = [

@@ -25,6 +25,7 @@ async def test_a_job_is_deleted_when_its_retention_has_passed_then_forgotten(
     assert response.status_code == 201, response.text
     job_id = response.json()["job_id"]
     info = await wait_state(alice, job_id, "succeeded")
+    assert info["retention"] == 1
     assert (await alice.get(f"/api/files/{info['answer_id']}")).text == "kept briefly\n"
 
     async def gone() -> bool:

@@ -9,6 +9,7 @@ and the run succeeds; a POST may have been sent already, so the run fails with t
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -101,3 +102,37 @@ async def test_a_worker_killed_mid_run(stack: Stack, alice: httpx.AsyncClient, a
     else:
         assert final["status"] == 502 and "not sent again" in final["error"] and "POST" in final["error"], final
         assert len(sent) == 1  # never repeated
+
+
+async def test_kafka_away_while_branches_wait_loses_nothing(stack: Stack, alice: httpx.AsyncClient,
+                                                           services: Services, two_workers: list[str]) -> None:
+    """Kafka stops while a run's branches wait for their answers and comes back: the answers, the
+    join and the end reach Kafka once it is there, and the run ends as it would have."""
+    if stack.infra.kafka is None:
+        pytest.skip("Kafka is not a local process of this session (external or container)")
+    name = f"outage-{uuid.uuid4().hex[:8]}"
+    spec = absolute([["GET /slow/2000"] * 4, "jsonObject"], services.url)
+    assert (await alice.put(f"/api/pipelines/{name}", json=spec)).status_code == 201
+    accepted = await alice.post(f"/p/{name}?wait=false")
+    assert accepted.status_code == 202
+    run_id = accepted.json()["run_id"]
+
+    async def all_in_flight() -> bool:
+        steps = (await alice.get(f"/api/pipeline_runs/{run_id}")).json().get("steps") or []
+        return len(steps) == 4 and all(s["worker"] and s["status"] is None for s in steps)
+
+    await eventually(all_in_flight, timeout=30, what="the four branches waiting for their answers")
+    stack.infra.kafka.stop()
+    try:
+        await asyncio.sleep(3)  # the outage: every answer comes while Kafka is away
+    finally:
+        stack.infra.kafka.start()
+        await stack.infra.kafka.wait_ready()
+
+    async def ended() -> dict[str, Any] | None:
+        body = (await alice.get(f"/api/pipeline_runs/{run_id}")).json()
+        return body if body["state"] != "running" else None
+
+    final = await eventually(ended, timeout=150, interval=0.5, what="the run to end after Kafka came back")
+    assert final["state"] == "succeeded" and final["status"] == 200, final
+    assert len(final["steps"]) == 4 and all(s["status"] == 200 for s in final["steps"]) and final["joins"] == 1

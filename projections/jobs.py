@@ -1,4 +1,5 @@
-"""The `jobs` projection: one row per job, the fold of its events (the same evolve as the agent)."""
+"""The `jobs` projection: one row per job, the fold of its events (the same evolve as the agent), and
+`job_counts`, the number of jobs in each state (not deleted), changed in the same transaction."""
 
 from __future__ import annotations
 
@@ -42,6 +43,10 @@ _UPSERT_STAGED = f"""
 INSERT INTO jobs ({", ".join(COLUMNS)}) SELECT {", ".join(COLUMNS)} FROM jobs_staging
 {_ON_CONFLICT}"""
 _JSON_COLUMNS = [i for i, c in enumerate(COLUMNS) if _TYPES[c] == "jsonb"]
+# Changes of the counts by state, in state order (two projectors lock the rows in the same order).
+_COUNT = """
+INSERT INTO job_counts (state, n) SELECT * FROM unnest($1::text[], $2::bigint[])
+ON CONFLICT (state) DO UPDATE SET n = job_counts.n + EXCLUDED.n"""
 STAGING = batch.staging("jobs")
 
 
@@ -81,15 +86,23 @@ async def write(conn: asyncpg.Connection, events: list[JobEvent]) -> None:
         for r in await conn.fetch(f"SELECT {', '.join(COLUMNS)} FROM jobs WHERE job_id = ANY($1::uuid[])", list(by_job))
     }
     rows = []
+    counts: dict[str, int] = defaultdict(int)
     for job_id, stream in by_job.items():
-        row = current.get(job_id)
+        row = was = current.get(job_id)
         before = row.version if row else 0
         for event in stream:
             row = apply(row, event)
         if row is not None and row.version > before and not all(isinstance(e, JobHeartbeat) for e in stream):
             rows.append(to_record(row))
+            if was is not None and not was.deleted:
+                counts[was.state] -= 1
+            if not row.deleted:
+                counts[row.state] += 1
     if len(rows) >= batch.COPY_FROM:
         await conn.copy_records_to_table("jobs_staging", records=rows, columns=COLUMNS)
         await conn.execute(_UPSERT_STAGED)
     elif rows:
         await conn.execute(_UPSERT, *batch.arrays(rows, len(COLUMNS), _JSON_COLUMNS))
+    changed = sorted(state for state, n in counts.items() if n)
+    if changed:
+        await conn.execute(_COUNT, changed, [counts[state] for state in changed])

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 # The tables each projection owns (a projection named after its only table needs no entry).
 TABLES: dict[str, tuple[str, ...]] = {
+    "jobs": ("jobs", "job_counts"),
     "works": ("works", "work_tasks"),
     "event_log": ("event_log", "stream_owners"),
     "services": ("services", "service_instances"),

@@ -88,9 +88,14 @@ async def test_projector_killed_mid_stream_ends_equal_to_an_uninterrupted_run(
             return await _offsets(main) == ends and await _offsets(verify) == ends
 
         await eventually(caught_up, timeout=120, interval=0.5, what="both projections at the end of the log")
-        for table, key in (("jobs", "job_id"), ("files", "file_id"), ("works", "work_id"), ("work_tasks", "task_id")):
+        for table, key in (("jobs", "job_id"), ("files", "file_id"), ("works", "work_id"), ("work_tasks", "task_id"),
+                           ("job_counts", "state")):
             assert await _rows(main, table, key) == await _rows(verify, table, key), table
         assert len(await _rows(main, "jobs", "job_id")) >= 150
+        counted = "SELECT state, count(*) AS n FROM jobs WHERE NOT deleted GROUP BY state"
+        for conn in (main, verify):  # what /metrics reads equals a count of the table
+            kept = {r["state"]: r["n"] for r in await conn.fetch("SELECT state, n FROM job_counts") if r["n"]}
+            assert kept == {r["state"]: r["n"] for r in await conn.fetch(counted)}
     finally:
         with contextlib.suppress(BaseException):
             await log.stop()

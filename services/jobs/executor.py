@@ -101,6 +101,9 @@ class Executor:
                 finally:
                     loop.remove_reader(pidfd)
                     os.close(pidfd)
+                # The job is over when its shell is: what it left running in its process group goes
+                # too (sent while the exited shell, not yet reaped, still holds the group's id).
+                _signal_group(entry.process.pid, signal.SIGKILL)
                 returncode = entry.process.wait()
                 exit_code, error = _describe_exit(returncode, entry.stop_reason, self.config.job_limits)
             else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from pathlib import Path
 
 import httpx
 
@@ -31,6 +32,20 @@ async def test_failing_command_reports_exit_code_and_stderr(alice: httpx.AsyncCl
     assert info["exit_code"] == 3 and info["error"] == "exited with code 3"
     assert (await alice.get(f"/api/files/{info['stderr_id']}")).text == "oops\n"
     assert info["submitted_at"].endswith("Z") and info["finished_at"] >= info["started_at"]
+
+
+async def test_what_a_job_leaves_running_ends_with_it(alice: httpx.AsyncClient) -> None:
+    job_id = await run(alice, "sleep 300 >/dev/null 2>&1 & echo $!")
+    info = await wait_state(alice, job_id, "succeeded")
+    pid = int((await alice.get(f"/api/files/{info['answer_id']}")).text)
+
+    async def gone() -> bool:  # killed with its process group when the shell exited, and reaped
+        try:
+            return b"sleep" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+
+    await eventually(gone, timeout=10, what=f"the job's background sleep (pid {pid}) gone")
 
 
 async def test_binary_and_input_files_are_placed_in_the_working_directory(alice: httpx.AsyncClient) -> None:

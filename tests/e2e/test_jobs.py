@@ -78,7 +78,7 @@ async def test_cancel_running_job_then_repeat_and_finished(alice: httpx.AsyncCli
     assert conflict.json()["state"] == "succeeded" and "succeeded" in conflict.json()["error"]
 
 
-async def test_cancel_queued_job_never_runs(alice: httpx.AsyncClient, stack: object) -> None:
+async def test_cancel_queued_job_never_runs(alice: httpx.AsyncClient) -> None:
     marker = f"/tmp/skyjobs-should-not-exist-{uuid.uuid4()}"
     # Cancel in the same breath as run: whichever way the race goes, the command must not finish.
     job_id = await run(alice, f"sleep 2; touch {marker}")
@@ -163,10 +163,7 @@ async def test_an_idempotency_key_is_forgotten_after_its_ttl(stack: Stack, alice
     await wait_state(alice, first, "succeeded")
 
 
-async def test_list_jobs_newest_first_with_filters_and_cursor(stack: object) -> None:
-    from tests.conftest import Stack
-
-    assert isinstance(stack, Stack)
+async def test_list_jobs_newest_first_with_filters_and_cursor(stack: Stack) -> None:
     async with stack.client("admin") as admin:
         # The admin submits jobs and finds them by state and time; pagination walks them all.
         ids = [await run(admin, "true") for _ in range(5)]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import signal
 import sys
@@ -314,6 +315,11 @@ def main() -> None:
     p.add_argument("--celery-concurrency", type=int, default=2, help="prefork processes")
     p.add_argument("--systems", default="skyjobs,celery", help="which sides to run (for a partial run)")
     args = p.parse_args()
+    if "celery" in args.systems:
+        missing = [m for m in ("celery", "redis") if importlib.util.find_spec(m) is None]
+        if missing:  # found before the skyjobs half runs, not after
+            sys.exit(f"the Celery side needs {' and '.join(missing)}: `make bench` installs the bench extras "
+                     "(or .venv/bin/pip install -e '.[dev,bench]')")
     save(NAME, run(main_async(args)), args)
 
 

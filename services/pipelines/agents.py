@@ -40,6 +40,7 @@ import faust
 import msgspec
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from events.base import new_id, utcnow
 from events.codec import DecodeError, decode_command_of, encode
@@ -218,8 +219,8 @@ class Worker:
             try:
                 await delivery
                 return True
-            except asyncio.CancelledError:
-                raise
+            except (asyncio.CancelledError, MessageSizeTooLargeError, RecordTooLargeError):
+                raise  # what no retry can change
             except Exception as exc:
                 log.warning("sending %s of %s failed (%r); retrying in %.1f s", topic, key[:80], exc, delay)
             await asyncio.sleep(delay)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from aiokafka.errors import KafkaTimeoutError
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
 from events.pipelines import ContinueRun
 from services.config import Config
@@ -98,13 +98,14 @@ class RefusingSends:
 
     def __init__(self, refusals: int) -> None:
         self.refusals = refusals
+        self.error: type[Exception] = KafkaTimeoutError
         self.sent: list[tuple[str, str, bytes]] = []
 
     async def __call__(self, topic: str, key: str, value: bytes, audit: bool = False) -> asyncio.Future[None]:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self.refusals:
             self.refusals -= 1
-            done.set_exception(KafkaTimeoutError())
+            done.set_exception(self.error())
         else:
             self.sent.append((topic, key, value))
             done.set_result(None)
@@ -124,4 +125,7 @@ async def test_what_a_join_sends_is_sent_again_until_kafka_has_it(tmp_path: Path
     await asyncio.sleep(0.05)
     owned[0] = False  # a rebalance: the next owner replays the arrival, which was not acknowledged
     assert await asyncio.wait_for(delivery, 5) is False
+    sends.refusals, sends.error = 1, MessageSizeTooLargeError  # what no retry changes is not retried
+    with pytest.raises(MessageSizeTooLargeError):
+        await (await worker.send_surely("skyjobs.pipeline-work", "run:r", b"huge", lambda: True))
     await worker.stop()

@@ -8,6 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import asyncpg
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -17,7 +18,7 @@ from starlette.routing import Route
 from projections.runner import PROJECTIONS
 from services import db
 from services.api import files, history, jobs, metrics, pipelines, proxy, stream, works
-from services.api.errors import ApiError, MethodNotAllowed, NotFound, json_response
+from services.api.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, json_response
 from services.api.freshness import ProjectionWatch
 from services.api.openapi import DOCUMENT
 from services.api.tail import EventTail
@@ -60,6 +61,14 @@ async def on_http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 405:
         return MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}").response()
     return json_response({"error": exc.detail}, exc.status_code)
+
+
+async def on_bad_text(request: Request, exc: Exception) -> Response:
+    """Text Postgres cannot hold (NUL) in a query parameter: the query failed, nothing changed."""
+    text = "text may not contain NUL characters (%00)"
+    if request.url.path.startswith("/api/v1/"):
+        return works.invalid(text).response()
+    return BadRequest(text).response()
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
@@ -123,5 +132,6 @@ def create_app(config: Config) -> Starlette:
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error, Exception: on_unexpected},
+        exception_handlers={ApiError: on_api_error, HTTPException: on_http_error,
+                            asyncpg.CharacterNotInRepertoireError: on_bad_text, Exception: on_unexpected},
     )

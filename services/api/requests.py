@@ -42,7 +42,7 @@ async def read_json(request: Request, limit: int) -> Any:
     if not body.strip():
         raise BadRequest("body is empty: expected a JSON object")
     try:
-        return orjson.loads(body)
+        value = orjson.loads(body)
     except orjson.JSONDecodeError as first:
         try:
             text = body.decode()
@@ -50,9 +50,28 @@ async def read_json(request: Request, limit: int) -> Any:
             raise BadRequest("body is not UTF-8 JSON") from None
         relaxed = _TRAILING_COMMA.sub(lambda m: m.group(1) or m.group(2), text)
         try:
-            return orjson.loads(relaxed)
+            value = orjson.loads(relaxed)
         except orjson.JSONDecodeError:
             raise BadRequest(f"body is not valid JSON: {first}") from None
+    if _has_nul(value):  # it would reach the events, which Postgres keeps (neither text nor jsonb holds it)
+        raise BadRequest("JSON strings may not contain NUL characters (\\u0000)")
+    return value
+
+
+def _has_nul(value: Any) -> bool:
+    """Whether a string of the document holds NUL (a loop, not recursion: JSON may nest 1,024 deep)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def parse_uuid(value: Any, what: str) -> str:

@@ -395,6 +395,20 @@ class Worker:
         event = await self.ended_event(run.run_id, run.correlation_id, self.owner(run), result, run.next_sequence())
         await (await self.send_surely(PIPELINE_RUNS, run.run_id, encode_event(event), self._owned(joins, run.run_id)))
 
+    async def fail_arrival(self, arrive: Arrive, exc: Exception, joins: Any) -> None:
+        """An arrival that failed here for a reason no retry changes (a body that cannot be read back,
+        a record too large for Kafka, a fault of skyjobs): its run ends now, with the reason, rather
+        than at its deadline with a 504."""
+        if arrive.token is None:
+            return
+        end_key = f"{arrive.stream_id}|{END}"
+        ended = _load(joins.get(end_key.encode()))
+        if ended is not None and ended.get("ended"):
+            return
+        run = self.run_of(arrive.stream_id, arrive.token, arrive.correlation_id)
+        where = "the run's end" if arrive.point == END else f"the joiner {arrive.point.rsplit('#', 1)[-1]}"
+        await self._end(run, error_message(500, f"{where} failed in the pipeline worker: {exc}"[:1000]), joins, end_key)
+
     @staticmethod
     def _owned(joins: Any, run_id: str) -> Callable[[], bool]:
         key = run_id.encode()
@@ -712,8 +726,12 @@ class PartsConsumer(AckingConsumer):
             return
         try:
             await self.worker.on_arrive(arrive, message.value, self.joins)
-        except Exception:
+        except Exception as exc:
             log.exception("pipeline arrival at %s of run %s failed", arrive.point, arrive.stream_id)
+            try:
+                await self.worker.fail_arrival(arrive, exc, self.joins)
+            except Exception:
+                log.exception("run %s: its failure could not be recorded; it ends at its deadline", arrive.stream_id)
         writes, self.joins.pending = self.joins.pending, []
         task = asyncio.ensure_future(self._ack_after(writes, message))
         self.background.add(task)

@@ -30,7 +30,8 @@ BAD_RUNS = [
     (f'{{"command": "true", "input_files": ["{uuid.uuid4()}"]}}', "unknown file id"),
     (f'{{"command": "true", "binary": "{uuid.uuid4()}"}}', "unknown file id"),
     ('{"command": "true",, }', "not valid JSON"),
-    ('{"command": "a\\u0000b"}', "without NUL bytes"),
+    ('{"command": "a\\u0000b"}', "NUL characters"),
+    ('{"command": "true", "x\\u0000": 1}', "NUL characters"),
     ("", "body is empty"),
 ]
 
@@ -63,6 +64,11 @@ async def test_bad_ids_and_params(carol: httpx.AsyncClient) -> None:
     assert (await carol.get(f"/api/files/{uuid.uuid4()}")).status_code == 404
     assert (await carol.get("/api/no/such/route")).json() == {"error": "no route /api/no/such/route"}
     assert (await carol.get("/api/job/run")).status_code == 405
+
+
+async def test_nul_in_a_query_parameter_is_a_400(admin: httpx.AsyncClient) -> None:
+    response = await admin.get("/api/list_jobs", params={"user_id": "a\x00b"})  # Postgres text holds no NUL
+    assert response.status_code == 400 and "NUL" in response.json()["error"], response.text
 
 
 async def test_nothing_was_written_for_the_bad_requests(carol: httpx.AsyncClient, admin: httpx.AsyncClient) -> None:

@@ -130,6 +130,7 @@ async def test_list_search_order_and_paging(alice: httpx.AsyncClient, bob: httpx
     (work_body(user_id="bob"), 403100, "own works"),
     (work_body(category="FLINK_JAR", command=None), 400100, "lambda_id"),
     (work_body(command=None), 400100, "needs a command"),
+    (work_body(name="a\x00b"), 400101, "NUL characters"),  # an event Postgres could not keep
 ])
 async def test_bad_works_get_codes_and_change_nothing(alice: httpx.AsyncClient, body: dict[str, object], code: int,
                                                       fragment: str) -> None:
@@ -144,6 +145,8 @@ async def test_bad_ids_and_params(alice: httpx.AsyncClient) -> None:
     assert missing.status_code == 404 and missing.json()["code"] == 404100
     assert (await alice.get("/api/v1/works", params={"limit": "0"})).json()["code"] == 400100
     assert (await alice.get("/api/v1/works", params={"order": "colour"})).json()["code"] == 400100
+    nul = await alice.get("/api/v1/works/search", params={"description": "a\x00b"})
+    assert nul.status_code == 400 and nul.json()["code"] == 400100 and "NUL" in nul.json()["msg"], nul.text
     assert (await alice.post("/api/v1/works", content="{nope")).json()["code"] == 400101
     assert (await alice.get("/api/v1/nothing")).json()["code"] == 404100
     async with httpx.AsyncClient(base_url=str(alice.base_url)) as anonymous:

@@ -11,16 +11,26 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
+import orjson
 import pytest
 from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
-from events.pipelines import ContinueRun
+from events.base import utcnow
+from events.codec import decode_event
+from events.pipelines import Arrive, Caller, ContinueRun, RunEnded
+from events.topics import PIPELINE_JOINS, PIPELINE_RUNS
 from services.config import Config
-from services.consumer import Message, _Acks
+from services.consumer import Message as Record
+from services.consumer import _Acks
+from services.kafka import partition_of
 from services.pipelines import agents
 from services.pipelines.agents import WorkConsumer
-from services.pipelines.flow import Settings
+from services.pipelines.flow import Settings, root_token
+from services.pipelines.messages import Message
+from services.pipelines.spec import parse
+from services.pipelines.tables import ChangelogTable
 
 
 class Worker:
@@ -44,14 +54,14 @@ def command(deadline: float) -> ContinueRun:
 MADE: list[WorkConsumer] = []
 
 
-def consumer(worker: Worker) -> tuple[WorkConsumer, Message]:
+def consumer(worker: Worker) -> tuple[WorkConsumer, Record]:
     work = WorkConsumer(worker, None)  # type: ignore[arg-type]
     MADE.append(work)
     tp = TopicPartition("skyjobs.pipeline-work", 0)
     acks = _Acks()
     acks.received.append(7)
     work.acks[tp] = acks
-    return work, Message(tp, 7, b"", acks)
+    return work, Record(tp, 7, b"", acks)
 
 
 @pytest.fixture(autouse=True)
@@ -128,4 +138,38 @@ async def test_what_a_join_sends_is_sent_again_until_kafka_has_it(tmp_path: Path
     sends.refusals, sends.error = 1, MessageSizeTooLargeError  # what no retry changes is not retried
     with pytest.raises(MessageSizeTooLargeError):
         await (await worker.send_surely("skyjobs.pipeline-work", "run:r", b"huge", lambda: True))
+    await worker.stop()
+
+
+class TableProducer:
+    """The joins table's producer: every write reaches Kafka at once."""
+
+    async def send(self, topic: str, value: Any, key: bytes, partition: int) -> asyncio.Future[None]:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_a_join_that_fails_in_the_worker_ends_its_run_with_the_reason(tmp_path: Path, monkeypatch: Any) -> None:
+    worker = agents.Worker(Config(data_dir=tmp_path), Settings())
+    sends = RefusingSends(refusals=0)
+    monkeypatch.setattr(worker, "send", sends)
+    joins = ChangelogTable("unused:9092", PIPELINE_JOINS, 8, TableProducer(),  # type: ignore[arg-type]
+                           lambda key: partition_of(key.split(b"|", 1)[0], 8), agents.point_due,
+                           lambda key: key.split(b"|", 1)[0])
+    raw_spec = b'[["GET http://127.0.0.1:9/a", "GET http://127.0.0.1:9/b"], "jsonObject"]'
+    settings = Settings()
+    token = root_token(parse(orjson.loads(raw_spec)), Message(), settings)
+    base = {"pipeline": "p", "spec": msgspec.Raw(raw_spec), "caller": Caller(method="GET", base_path="/p/p"),
+            "deadline": time.time() + 60, "route": None, "label": "pipeline-run-r"}
+    wire = await worker.bodies.token_to_wire(token, base, "alice")
+    arrive = Arrive(command_id="c", stream_id="run-1", issued_at=utcnow(), point="^#1", kind="jsonObject", level=1,
+                    outcome="message", token=wire)
+    await worker.fail_arrival(arrive, RuntimeError("its body is no longer stored"), joins)
+    ended = [decode_event(value) for topic, _, value in sends.sent if topic == PIPELINE_RUNS]
+    assert len(ended) == 1 and isinstance(ended[0], RunEnded)
+    assert ended[0].status == 500 and ended[0].state == "failed"
+    assert ended[0].error and "joiner 1 failed in the pipeline worker: its body is no longer stored" in ended[0].error
+    await worker.fail_arrival(arrive, RuntimeError("again"), joins)  # the run is over: nothing more
+    assert len([t for t, _, _ in sends.sent if t == PIPELINE_RUNS]) == 1
     await worker.stop()

@@ -13,6 +13,8 @@ async def test_store_validate_call_and_delete(alice: httpx.AsyncClient) -> None:
     name = f"fetch-{uuid.uuid4().hex[:8]}"
     bad = await alice.put(f"/api/pipelines/{name}", json=["GET /json/a", ["paralel"]])
     assert bad.status_code == 400 and bad.json()["path"] == "$[1][0]" and "paralel" in bad.json()["error"]
+    nul = await alice.put(f"/api/pipelines/{name}", json=["GET /json/a\x00b"])
+    assert nul.status_code == 400 and "NUL" in nul.json()["error"]
     spec = ["GET /json/order-items/$>0",
             ["~$this", "GET /json/orders/${orderId} ~order", "GET /json/users/${userId} ~user"], "jsonObject"]
     assert (await alice.put(f"/api/pipelines/{name}", json=spec)).status_code == 201

@@ -101,6 +101,10 @@ class AckingConsumer:
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
 
+    def holds(self, message: Message) -> bool:
+        """Whether `message`'s partition is still this consumer's, in the assignment it came with."""
+        return self.acks.get(message.tp) is message.acks
+
     async def revoked(self, tps: set[TopicPartition]) -> None:
         await self.commit()
         self.handler.on_revoked(tps)

@@ -682,7 +682,7 @@ class WorkConsumer(AckingConsumer):
                     return
                 await asyncio.sleep(delay)
                 delay = min(TOKEN_RETRY_LAST, delay * 2)
-                if self.acks.get(message.tp) is not message.acks:
+                if not self.holds(message):
                     return
         finally:
             self.worker.running.discard(key)

@@ -9,7 +9,6 @@ and the run succeeds; a POST may have been sent already, so the run fails with t
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -113,6 +112,7 @@ async def test_kafka_away_while_branches_wait_loses_nothing(stack: Stack, alice:
     name = f"outage-{uuid.uuid4().hex[:8]}"
     spec = absolute([["GET /slow/2000"] * 4, "jsonObject"], services.url)
     assert (await alice.put(f"/api/pipelines/{name}", json=spec)).status_code == 201
+    answered = services.recorder.slow_answers
     accepted = await alice.post(f"/p/{name}?wait=false")
     assert accepted.status_code == 202
     run_id = accepted.json()["run_id"]
@@ -124,7 +124,10 @@ async def test_kafka_away_while_branches_wait_loses_nothing(stack: Stack, alice:
     await eventually(all_in_flight, timeout=30, what="the four branches waiting for their answers")
     stack.infra.kafka.stop()
     try:
-        await asyncio.sleep(3)  # the outage: every answer comes while Kafka is away
+        async def all_answered() -> bool:  # every answer comes while Kafka is away
+            return services.recorder.slow_answers >= answered + 4
+
+        await eventually(all_answered, timeout=30, what="the four answers given while Kafka is stopped")
     finally:
         stack.infra.kafka.start()
         await stack.infra.kafka.wait_ready()

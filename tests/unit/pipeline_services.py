@@ -22,6 +22,7 @@ from services.pipelines import builtins
 @dataclass
 class Recorder:
     calls: list[dict[str, Any]] = field(default_factory=list)
+    slow_answers: int = 0  # /slow/{ms} calls that have slept and answer
 
 
 def fixture_app(recorder: Recorder) -> Starlette:
@@ -40,6 +41,7 @@ def fixture_app(recorder: Recorder) -> Starlette:
 
     async def slow(request: Request) -> Response:
         await asyncio.sleep(int(request.path_params["ms"]) / 1000)
+        recorder.slow_answers += 1
         return Response(orjson.dumps({"slept": int(request.path_params["ms"])}), media_type="application/json")
 
     async def text(request: Request) -> Response:

@@ -10,6 +10,7 @@ from aiokafka.errors import KafkaTimeoutError
 from services.kafka import partition_of
 from services.pipelines import tables
 from services.pipelines.tables import ChangelogTable
+from tests.conftest import eventually
 
 
 class Producer:
@@ -124,10 +125,14 @@ async def test_prune_drops_only_the_writes_kafka_has(monkeypatch: Any) -> None:
                            lambda key: partition_of(key.split(b"|", 1)[0], 8))
     table[b"run-a|j"] = b"v"
     table.pop(b"run-a|j")  # a sweep's tombstone
-    await asyncio.sleep(0.01)
+    assert await asyncio.gather(*table.pending) == [True, True]
     producer.failures = 10**6
     table[b"run-b|j"] = b"v"  # not in Kafka yet
-    await asyncio.sleep(0.01)
+
+    async def refused_once() -> bool:
+        return producer.failures < 10**6
+
+    await eventually(refused_once, timeout=5, interval=0.001, what="the write's first attempt refused")
     table.prune()
     assert len(table.pending) == 1 and not table.pending[0].done()
     table.forget(list(range(8)))

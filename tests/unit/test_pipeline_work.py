@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -31,6 +31,7 @@ from services.pipelines.flow import Settings, root_token
 from services.pipelines.messages import Message
 from services.pipelines.spec import parse
 from services.pipelines.tables import ChangelogTable
+from tests.conftest import eventually
 
 
 class Worker:
@@ -52,6 +53,14 @@ def command(deadline: float) -> ContinueRun:
 
 
 MADE: list[WorkConsumer] = []
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """A bounded wait for what the tasks under test do meanwhile."""
+    async def probe() -> bool:
+        return condition()
+
+    await eventually(probe, timeout=5, interval=0.001, what=what)
 
 
 def consumer(worker: Worker) -> tuple[WorkConsumer, Record]:
@@ -97,7 +106,7 @@ async def test_a_token_of_a_partition_given_away_is_left_to_its_next_owner() -> 
     work, message = consumer(worker)
     await worker.slots.acquire()
     run = asyncio.ensure_future(work._run(command(time.time() + 60), message, "run:r"))
-    await asyncio.sleep(0.005)
+    await until(lambda: worker.calls == 1, "the first attempt")
     work.acks.pop(message.tp)  # the rebalance took the partition
     await asyncio.wait_for(run, 1)
     assert worker.calls == 1
@@ -132,7 +141,7 @@ async def test_what_a_join_sends_is_sent_again_until_kafka_has_it(tmp_path: Path
     sends.refusals = 10**6
     owned = [True]
     delivery = await worker.send_surely("skyjobs.pipeline-runs", "run", b"end", lambda: owned[0])
-    await asyncio.sleep(0.05)
+    await until(lambda: sends.refusals <= 10**6 - 2, "a second attempt")
     owned[0] = False  # a rebalance: the next owner replays the arrival, which was not acknowledged
     assert await asyncio.wait_for(delivery, 5) is False
     sends.refusals, sends.error = 1, MessageSizeTooLargeError  # what no retry changes is not retried

@@ -6,14 +6,17 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
+    MessageSizeTooLargeError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
+    RecordTooLargeError,
     TopicAlreadyExistsError,
     UnknownProducerId,
 )
@@ -129,12 +132,32 @@ class CommandBus:
             await self.start()
 
 
-async def until_sent(send: Callable[[], Awaitable[None]], retry_every: float = 1.0) -> None:
-    """For what is reported after the fact (a job's finish, its outputs): retry while Kafka is away."""
+RETRY_FIRST, RETRY_LAST = 0.2, 5.0  # seconds before the first retry of a refused send, and at most
+FINAL = (MessageSizeTooLargeError, RecordTooLargeError)  # refusals no retry can change: raised at once
+
+
+def _always() -> bool:
+    return True
+
+
+async def until_acknowledged(send: Callable[[], Awaitable[Any]], what: str, ours: Callable[[], bool] = _always,
+                             first: Awaitable[Any] | None = None) -> bool:
+    """Await `send()` (or `first`, an attempt already made) until Kafka acknowledges: True then. A
+    refused attempt (Kafka away for longer than a request's timeout, say) is made again after
+    RETRY_FIRST, doubling to RETRY_LAST, for as long as `ours()`: False once it is not (a partition
+    given to another worker, which handles again what was not acknowledged). What no retry can
+    change (FINAL) is raised."""
+    delay = RETRY_FIRST
     while True:
         try:
-            await send()
-            return
-        except BrokerUnavailable as exc:
-            log.warning("%s; retrying in %g s", exc, retry_every)
-            await asyncio.sleep(retry_every)
+            await (first if first is not None else send())
+            return True
+        except (asyncio.CancelledError, *FINAL):
+            raise
+        except Exception as exc:
+            log.warning("%s failed (%r); retrying in %.1f s", what, exc, delay)
+        first = None
+        await asyncio.sleep(delay)
+        delay = min(RETRY_LAST, delay * 2)
+        if not ours():
+            return False

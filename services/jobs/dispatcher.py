@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from services.consumer import AckingConsumer, Message
 from services.jobs import lifecycle
 from services.jobs.executor import Executor
 from services.jobs.lifecycle import QUEUED, Job
-from services.kafka import CommandBus, until_sent
+from services.kafka import CommandBus, until_acknowledged
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,8 @@ class Dispatcher:
                     event_id=new_id(), stream_id=file_id, sequence=2, occurred_at=deleted.occurred_at,
                     correlation_id=deleted.correlation_id, causation_id=deleted.event_id, actor=deleted.actor,
                     reason=f"job {deleted.stream_id} was deleted"))
-                await until_sent(lambda: self.bus.send(FILE_EVENTS, file_id, purged))  # noqa: B023 - awaited here
+                await until_acknowledged(functools.partial(self.bus.send, FILE_EVENTS, file_id, purged),
+                                         f"file.purged of {file_id}")
 
     async def _watch_orphans(self, start: dict[TopicPartition, int]) -> None:
         """Read stop events of jobs still running here whose partitions moved, until they end."""

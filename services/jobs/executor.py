@@ -30,7 +30,7 @@ from services.blobs import LocalBlobStore
 from services.config import Config, JobLimits
 from services.jobs import launch
 from services.jobs.lifecycle import Job
-from services.kafka import until_sent
+from services.kafka import until_acknowledged
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,10 @@ class Executor:
             stderr_id=stderr.stream_id if stderr else None, error=error,
             started_at=entry.started_at)  # also decides the start if its report never arrived
         # All in one produce request rather than one round trip after the other.
-        await asyncio.gather(*(until_sent(functools.partial(self.publish_file, f)) for f in (stdout, stderr) if f),
-                             until_sent(functools.partial(self.send, finish)))
+        await asyncio.gather(
+            *(until_acknowledged(functools.partial(self.publish_file, f), f"file.stored of {f.stream_id}")
+              for f in (stdout, stderr) if f),
+            until_acknowledged(functools.partial(self.send, finish), f"job.finish of {job.job_id}"))
 
     def _spawn(self, job: Job, workspace: Path, out_path: Path, err_path: Path) -> subprocess.Popen[bytes]:
         """Spawn (vfork + exec) the launcher and `/bin/sh -c command`. The exit is then awaited

@@ -40,7 +40,6 @@ import faust
 import msgspec
 import orjson
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import MessageSizeTooLargeError, RecordTooLargeError
 
 from events.base import new_id, utcnow
 from events.codec import DecodeError, decode_command_of, encode
@@ -72,7 +71,7 @@ from services.blobs import LocalBlobStore
 from services.config import Config
 from services.consumer import AckingConsumer
 from services.consumer import Message as Record
-from services.kafka import partition_of
+from services.kafka import partition_of, until_acknowledged
 from services.pipelines import catalog
 from services.pipelines import journal as journals
 from services.pipelines.executor import Executor, Run, Runs, credit0, step_event
@@ -93,7 +92,7 @@ from services.pipelines.journal import Journal
 from services.pipelines.messages import Message, error_message
 from services.pipelines.settings import from_env
 from services.pipelines.spec import Spec, parse
-from services.pipelines.tables import RETRY_FIRST, RETRY_LAST, ChangelogTable
+from services.pipelines.tables import ChangelogTable
 from services.pipelines.transport import HttpTransport
 from services.pipelines.wire import Bodies
 
@@ -197,12 +196,12 @@ class Worker:
         return future
 
     async def send_surely(self, topic: str, key: str, value: bytes, owned: Callable[[], bool]) -> asyncio.Future[bool]:
-        """Send now; the future is True once Kafka has the record (sent again after each refusal,
-        RETRY_FIRST doubling to RETRY_LAST: Kafka away for longer than a request's timeout loses
-        nothing), or False once `owned()` says the partition went to another worker (whose replay
-        of the unacknowledged arrival sends it again)."""
+        """Send now; the future is True once Kafka has the record (sent again after each refusal:
+        Kafka away for longer than a request's timeout loses nothing), or False once `owned()` says
+        the partition went to another worker (whose replay of the unacknowledged arrival sends it again)."""
         first = await self._try_send(topic, key, value)
-        return asyncio.ensure_future(self._until_written(first, topic, key, value, owned))
+        return asyncio.ensure_future(until_acknowledged(
+            lambda: self._acknowledged(topic, key, value), f"sending {topic} of {key[:80]}", owned, first))
 
     async def _try_send(self, topic: str, key: str, value: bytes) -> asyncio.Future[Any]:
         try:
@@ -212,22 +211,8 @@ class Worker:
             refused.set_exception(exc)
             return refused
 
-    async def _until_written(self, delivery: asyncio.Future[Any], topic: str, key: str, value: bytes,
-                             owned: Callable[[], bool]) -> bool:
-        delay = RETRY_FIRST
-        while True:
-            try:
-                await delivery
-                return True
-            except (asyncio.CancelledError, MessageSizeTooLargeError, RecordTooLargeError):
-                raise  # what no retry can change
-            except Exception as exc:
-                log.warning("sending %s of %s failed (%r); retrying in %.1f s", topic, key[:80], exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(RETRY_LAST, delay * 2)
-            if not owned():
-                return False
-            delivery = await self._try_send(topic, key, value)
+    async def _acknowledged(self, topic: str, key: str, value: bytes) -> None:
+        await (await self.send(topic, key, value))
 
     async def _publish_file(self, event: FileStored) -> None:
         await (await self.send(FILE_EVENTS, event.stream_id, encode(event)))
@@ -740,6 +725,10 @@ class PartsConsumer(AckingConsumer):
     async def _ack_after(self, writes: list[Any], message: Record) -> None:
         written = True
         for write in writes:  # each retried until Kafka has it, or until its partition is given away
-            written = await write and written
+            try:
+                written = await write and written
+            except Exception:  # refused for its size: handling the arrival again would not change it
+                log.exception("a joins write of %s@%s can never reach Kafka; its run ends at its deadline",
+                              message.tp, message.offset)
         if written:
             message.ack()  # otherwise the next owner of the partition handles the arrival again

@@ -29,11 +29,9 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from services.due_times import DueTimes
+from services.kafka import until_acknowledged
 
 log = logging.getLogger(__name__)
-
-RETRY_FIRST, RETRY_LAST = 0.2, 5.0  # seconds between attempts at a write Kafka refused
-
 
 class ChangelogTable:
     def __init__(self, bootstrap: str, topic: str, partitions: int, producer: AIOKafkaProducer,
@@ -130,20 +128,13 @@ class ChangelogTable:
 
         A write that failed is retried with the key's value as it is by then, never the older one it
         had: a retry must not undo a later write of the same key that did reach Kafka."""
-        delay = RETRY_FIRST
-        while True:
-            try:
-                await (await self.producer.send(self.topic, value, key=key, partition=partition))
-                return True
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("writing %s to %s failed (%r); retrying in %.1f s", key[:80], self.topic, exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(RETRY_LAST, delay * 2)
-            if partition not in self.data:
-                return False
-            value = self.data[partition].get(key)
+        return await until_acknowledged(
+            lambda: self._produce(key, self.data[partition].get(key), partition),
+            f"writing {key[:80]!r} to {self.topic}", ours=lambda: partition in self.data,
+            first=self._produce(key, value, partition))
+
+    async def _produce(self, key: bytes, value: bytes | None, partition: int) -> None:
+        await (await self.producer.send(self.topic, value, key=key, partition=partition))
 
     def owns(self, key: bytes) -> bool:
         """Whether the partition of `key` is this worker's (read, or being read)."""

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from aiokafka.errors import KafkaTimeoutError
+import pytest
+from aiokafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
 
+from services import kafka
 from services.kafka import partition_of
-from services.pipelines import tables
 from services.pipelines.tables import ChangelogTable
 from tests.conftest import eventually
 
@@ -78,21 +79,22 @@ async def test_what_falls_due_comes_in_time_order_whatever_the_order_it_was_writ
 class FlakyProducer(Producer):
     """Kafka refuses the first `failures` writes (as a broker away for longer than the request timeout)."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, error: type[Exception] = KafkaTimeoutError) -> None:
         super().__init__()
         self.failures = failures
+        self.error = error
 
     async def send(self, topic: str, value: Any, key: bytes, partition: int) -> asyncio.Future[None]:
         if self.failures:
             self.failures -= 1
             failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            failed.set_exception(KafkaTimeoutError())
+            failed.set_exception(self.error())
             return failed
         return await super().send(topic, value, key, partition)
 
 
 async def test_a_refused_write_is_retried_with_the_value_the_key_has_by_then(monkeypatch: Any) -> None:
-    monkeypatch.setattr(tables, "RETRY_FIRST", 0.01)
+    monkeypatch.setattr(kafka, "RETRY_FIRST", 0.01)
     producer = FlakyProducer(failures=1)
     table = ChangelogTable("unused:9092", "t", 8, producer,  # type: ignore[arg-type]
                            lambda key: partition_of(key.split(b"|", 1)[0], 8))
@@ -106,7 +108,7 @@ async def test_a_refused_write_is_retried_with_the_value_the_key_has_by_then(mon
 
 
 async def test_a_write_refused_until_its_partition_is_given_away_is_dropped(monkeypatch: Any) -> None:
-    monkeypatch.setattr(tables, "RETRY_FIRST", 0.01)
+    monkeypatch.setattr(kafka, "RETRY_FIRST", 0.01)
     producer = FlakyProducer(failures=10**6)
     table = ChangelogTable("unused:9092", "t", 8, producer,  # type: ignore[arg-type]
                            lambda key: partition_of(key.split(b"|", 1)[0], 8))
@@ -119,7 +121,7 @@ async def test_a_write_refused_until_its_partition_is_given_away_is_dropped(monk
 
 
 async def test_prune_drops_only_the_writes_kafka_has(monkeypatch: Any) -> None:
-    monkeypatch.setattr(tables, "RETRY_FIRST", 0.01)
+    monkeypatch.setattr(kafka, "RETRY_FIRST", 0.01)
     producer = FlakyProducer(failures=0)
     table = ChangelogTable("unused:9092", "t", 8, producer,  # type: ignore[arg-type]
                            lambda key: partition_of(key.split(b"|", 1)[0], 8))
@@ -137,3 +139,14 @@ async def test_prune_drops_only_the_writes_kafka_has(monkeypatch: Any) -> None:
     assert len(table.pending) == 1 and not table.pending[0].done()
     table.forget(list(range(8)))
     assert await asyncio.wait_for(table.flush(), timeout=5) is False  # what is left still tells its waiter
+
+
+async def test_a_write_refused_for_its_size_is_not_retried(monkeypatch: Any) -> None:
+    monkeypatch.setattr(kafka, "RETRY_FIRST", 0.01)
+    producer = FlakyProducer(failures=1, error=MessageSizeTooLargeError)
+    table = ChangelogTable("unused:9092", "t", 8, producer,  # type: ignore[arg-type]
+                           lambda key: partition_of(key.split(b"|", 1)[0], 8))
+    table[b"run-a|j"] = b"huge"
+    with pytest.raises(MessageSizeTooLargeError):
+        await asyncio.wait_for(table.flush(), timeout=5)
+    assert producer.sent == []

@@ -21,6 +21,7 @@ from events.base import utcnow
 from events.codec import decode_event
 from events.pipelines import Arrive, Caller, ContinueRun, RunEnded
 from events.topics import PIPELINE_JOINS, PIPELINE_RUNS
+from services import kafka
 from services.config import Config
 from services.consumer import Message as Record
 from services.consumer import _Acks
@@ -132,7 +133,7 @@ class RefusingSends:
 
 
 async def test_what_a_join_sends_is_sent_again_until_kafka_has_it(tmp_path: Path, monkeypatch: Any) -> None:
-    monkeypatch.setattr(agents, "RETRY_FIRST", 0.01)
+    monkeypatch.setattr(kafka, "RETRY_FIRST", 0.01)
     worker = agents.Worker(Config(data_dir=tmp_path), Settings())
     sends = RefusingSends(refusals=3)
     monkeypatch.setattr(worker, "send", sends)

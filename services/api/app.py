@@ -20,6 +20,7 @@ from services import db
 from services.api import files, history, jobs, metrics, pipelines, proxy, stream, works
 from services.api.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, json_response
 from services.api.freshness import ProjectionWatch
+from services.api.job_watch import JobWatch
 from services.api.openapi import DOCUMENT
 from services.api.tail import EventTail
 from services.blobs import LocalBlobStore
@@ -51,31 +52,30 @@ async def on_api_error(request: Request, exc: Exception) -> Response:
     return exc.response()
 
 
+def _answer(request: Request, error: ApiError) -> Response:
+    """The error in the envelope of the API its path is in: seed 003's under /api/v1/, seed 001's elsewhere."""
+    return works.envelope(error) if request.url.path.startswith("/api/v1/") else error.response()
+
+
 async def on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    if request.url.path.startswith("/api/v1/"):  # the works API has the seed 003 envelope
-        code = {404: 404100, 405: 405100}.get(exc.status_code, 400100)
-        return works.WorkError(code, exc.status_code, f"{exc.detail}: {request.method} {request.url.path}").response()
     if exc.status_code == 404:
-        return NotFound(f"no route {request.url.path}").response()
+        return _answer(request, NotFound(f"no route {request.url.path}"))
     if exc.status_code == 405:
-        return MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}").response()
-    return json_response({"error": exc.detail}, exc.status_code)
+        return _answer(request, MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}"))
+    error = ApiError(str(exc.detail))
+    error.status = exc.status_code
+    return _answer(request, error)
 
 
 async def on_bad_text(request: Request, exc: Exception) -> Response:
     """Text Postgres cannot hold (NUL) in a query parameter: the query failed, nothing changed."""
-    text = "text may not contain NUL characters (%00)"
-    if request.url.path.startswith("/api/v1/"):
-        return works.invalid(text).response()
-    return BadRequest(text).response()
+    return _answer(request, BadRequest("text may not contain NUL characters (%00)"))
 
 
 async def on_unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path)
-    if request.url.path.startswith("/api/v1/"):
-        return works.WorkError(500100, 500, "internal error").response()
-    return json_response({"error": "internal error"}, 500)
+    return _answer(request, ApiError("internal error"))
 
 
 def create_app(config: Config) -> Starlette:
@@ -89,11 +89,13 @@ def create_app(config: Config) -> Starlette:
         await app.state.watch.start()
         app.state.bus = CommandBus(config.kafka_bootstrap, config.kafka_timeout)
         await app.state.bus.start()
-        # One tail of the event topics per process, for the live streams and the proxy's answers.
+        # One tail of the event topics per process: live streams, the proxy's answers, job_info?wait.
         app.state.tail = EventTail(config.kafka_bootstrap, tuple(p.TOPIC for p in PROJECTIONS))
         await app.state.tail.start()
         app.state.fanout = stream.Fanout(app.state.tail, app.state.pool)
         app.state.fanout.start()
+        app.state.job_watch = JobWatch()
+        app.state.job_watch.attach(app.state.tail)
         app.state.proxy = await proxy.start(config, app.state.tail)
         app.state.pipelines = pipelines.create_state(config)
         app.state.pipelines.watch.attach(app.state.tail, config.kafka_bootstrap)
@@ -103,6 +105,7 @@ def create_app(config: Config) -> Starlette:
         finally:
             expiring.cancel()
             app.state.pipelines.watch.detach()
+            app.state.job_watch.detach()
             await proxy.stop(app.state.proxy)
             await app.state.fanout.stop()
             await app.state.tail.stop()

@@ -77,9 +77,14 @@ async def handle(request: Request, endpoint: Any) -> Response:
     except WorkError as exc:
         return exc.response()
     except errors.ApiError as exc:
-        code = {400: 400101 if "JSON" in exc.message or "body" in exc.message else 400100, 401: 401100,
-                403: 403100, 404: 404100, 409: 409100, 410: 410100, 503: 503100}.get(exc.status, 500100)
-        return WorkError(code, exc.status, exc.message).response()
+        return envelope(exc)
+
+
+def envelope(exc: errors.ApiError) -> Response:
+    """An error of the shared code (authentication, JSON bodies, routing) in the seed's envelope: the
+    code is the status followed by 100 (400101: the body is not JSON, or too large)."""
+    body_error = exc.status == 400 and ("JSON" in exc.message or "body" in exc.message)
+    return WorkError(400101 if body_error else exc.status * 1000 + 100, exc.status, exc.message).response()
 
 
 # --- validation ---------------------------------------------------------------------------------

@@ -148,6 +148,8 @@ async def test_bad_ids_and_params(alice: httpx.AsyncClient) -> None:
     nul = await alice.get("/api/v1/works/search", params={"description": "a\x00b"})
     assert nul.status_code == 400 and nul.json()["code"] == 400100 and "NUL" in nul.json()["msg"], nul.text
     assert (await alice.post("/api/v1/works", content="{nope")).json()["code"] == 400101
-    assert (await alice.get("/api/v1/nothing")).json()["code"] == 404100
+    assert (await alice.get("/api/v1/nothing")).json() == {"code": 404100, "msg": "no route /api/v1/nothing"}
+    wrong_method = await alice.delete("/api/v1/works")
+    assert wrong_method.status_code == 405 and wrong_method.json()["code"] == 405100, wrong_method.text
     async with httpx.AsyncClient(base_url=str(alice.base_url)) as anonymous:
         assert (await anonymous.get("/api/v1/works")).json()["code"] == 401100

@@ -6,6 +6,10 @@ blocks until the row is projected: read-your-writes; a job older than 10 poll in
 tenth of its age, so that a backlog cannot drown the API in polls) and stops the clock at the first
 answer saying `succeeded`. The client-seen figure is therefore late by up to one poll interval;
 the server-side timestamps of the row (submitted_at, started_at, finished_at) break it down.
+
+With `--wait S` each job makes one `job_info?wait=S` call instead (again if it answers unfinished):
+the API answers once the job's end is projected, so the figure has no poll interval in it and the
+API no polls to serve.
 """
 
 from __future__ import annotations
@@ -44,15 +48,18 @@ def _ts(value: str | None) -> float | None:
 
 
 async def skyjobs_latency(client: Client, rate: float, duration: float, poll: float,
-                          command: str = "true", timeout: float = 30, max_polls: int = 64) -> dict[str, Any]:
+                          command: str = "true", timeout: float = 30, max_polls: int = 64,
+                          wait: float = 0) -> dict[str, Any]:
     """Open loop of runs at `rate`/s; per job: client-seen submit -> succeeded and the server's breakdown.
 
     At most `max_polls` job_info calls are in flight: if the system falls behind, thousands of waiting
     jobs polling every few ms would otherwise drown the API (the figures are then meaningless anyway:
     the result says `overloaded`). A job not finished `timeout` s after its run call is counted as such.
+    With `wait`, each call waits up to `wait` s for the job's end (`job_info?wait=`), and a call is
+    made for every job at once (one per job: no polling load to bound).
     """
     run_raw = client.post_json("/api/job/run", {"command": command})
-    polling = asyncio.Semaphore(max_polls)
+    polling = asyncio.Semaphore(100_000 if wait else max_polls)
     wall_minus_perf = time.time() - time.perf_counter()
     jobs: list[dict[str, Any]] = []
     polls = 0
@@ -60,7 +67,7 @@ async def skyjobs_latency(client: Client, rate: float, duration: float, poll: fl
 
     async def watch(scheduled: float, accepted: float, job_id: str) -> None:
         nonlocal polls
-        raw = client.get(f"/api/job/job_info/{job_id}")
+        raw = client.get(f"/api/job/job_info/{job_id}" + (f"?wait={wait:g}" if wait else ""))
         deadline = time.perf_counter() + timeout
         info: dict[str, Any] = {}
         while time.perf_counter() < deadline:
@@ -72,6 +79,8 @@ async def skyjobs_latency(client: Client, rate: float, duration: float, poll: fl
                 info = orjson.loads(body)
                 if info["state"] in FINISHED:
                     break
+            if wait and status == 200:
+                continue  # the wait passed: ask again
             # every `poll` s while young, then every tenth of the job's age: 10% precision, bounded API load
             interval = max(poll, 0.1 * (time.perf_counter() - scheduled))
             await asyncio.sleep(max(0.0, interval - (time.perf_counter() - sent)))
@@ -92,7 +101,7 @@ async def skyjobs_latency(client: Client, rate: float, duration: float, poll: fl
     unfinished = sum(1 for j in jobs if j["state"] not in FINISHED)
     server = [j for j in ok if j["finished_at"] and j["started_at"] and j["submitted_at"]]
     return {
-        "rate": rate, "duration_s": duration, "poll_ms": poll * 1000,
+        "rate": rate, "duration_s": duration, "poll_ms": 0 if wait else poll * 1000, "wait_s": wait,
         "submitted": len(load.latencies) + load.errors + sum(load.statuses.values()),
         "accepted": len(load.latencies), "run_errors": load.errors, "run_other_statuses": load.statuses,
         "states": {s: sum(1 for j in jobs if j["state"] == s) for s in {j["state"] for j in jobs}},
@@ -120,8 +129,9 @@ def report(res: dict[str, Any]) -> None:
     if res["overloaded"]:
         say(f"OVERLOADED: {res['unfinished_after_timeout']} jobs not finished in time; the system does not "
             f"sustain {res['rate']:.0f} jobs/s, so the latencies below are queueing time")
+    how = f"?wait={res['wait_s']:g}" if res.get("wait_s") else f"every {res['poll_ms']:.0f} ms"
     say(f"{res['accepted']} accepted of {res['submitted']} at {res['rate']:.0f}/s; states {res['states']}; "
-        f"{res['polls_per_job']} job_info polls per job (every {res['poll_ms']:.0f} ms)")
+        f"{res['polls_per_job']} job_info calls per job ({how})")
     say(f"submit -> succeeded seen: {fmt_ms(res['submit_to_succeeded_seen_ms'])}")
     say(f"run call:                 {fmt_ms(res['run_call_ms'])}")
     for what, s in res["breakdown_ms"].items():
@@ -140,10 +150,10 @@ async def main_async(args: Any) -> dict[str, Any]:
         # in a 60 s run): warm it up at the measured rate first.
         warm = min(args.rate, 50.0)
         say(f"warm-up: {args.warmup:g} s at {warm:.0f} jobs/s")
-        await skyjobs_latency(client, warm, args.warmup, args.poll_ms / 1000)
+        await skyjobs_latency(client, warm, args.warmup, args.poll_ms / 1000, wait=args.wait)
         say(f"measuring: {duration:.0f} s at {args.rate:.0f} jobs/s")
         with CpuMeter(stack.pids()) as cpu:
-            res = await skyjobs_latency(client, args.rate, duration, args.poll_ms / 1000)
+            res = await skyjobs_latency(client, args.rate, duration, args.poll_ms / 1000, wait=args.wait)
         client.close()
     report(res)
     say(fmt_cpu(cpu.result))
@@ -163,6 +173,8 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=0, help="seconds of measured load")
     p.add_argument("--warmup", type=float, default=30, help="seconds of warm-up load before measuring")
     p.add_argument("--poll-ms", type=float, default=10, help="job_info poll interval per job")
+    p.add_argument("--wait", type=float, default=0,
+                   help="one job_info?wait=S call per job instead of polling (S seconds; 0: poll)")
     args = p.parse_args()
     save(NAME, run(main_async(args)), args)
 

@@ -58,9 +58,10 @@ class ProjectionWatch:
             return found
         return await self.until(fetch, lambda row: row is not None)
 
-    async def until(self, fetch: Callable[[], Awaitable[T]], done: Callable[[T], bool]) -> T:
+    async def until(self, fetch: Callable[[], Awaitable[T]], done: Callable[[T], bool],
+                    max_wait: float | None = None) -> T:
         """`fetch()` after each projector commit until `done(result)` or the wait window ends."""
-        deadline = time.monotonic() + self.max_wait
+        deadline = time.monotonic() + (self.max_wait if max_wait is None else max_wait)
         while True:
             changed = self._changed
             found = await fetch()

@@ -81,7 +81,11 @@ DOCUMENT: dict[str, Any] = {
         }},
         "/api/job/job_info/{job_id}": {"get": {
             "summary": "State of a job",
-            "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": UUID}],
+            "description": "With `wait`, the answer comes once the job has finished (or was deleted), "
+                           "or when `wait` seconds have passed, with the job as it is then.",
+            "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": UUID},
+                           {"name": "wait", "in": "query", "schema": {"type": "number", "minimum": 0,
+                                                                       "maximum": 60}}],
             "responses": {**_ok(200, JOB_INFO), **_errors(400, 401, 403, 404, 410)},
         }},
         "/api/job/list_jobs": {"get": LIST_OP},

@@ -78,6 +78,26 @@ async def test_cancel_running_job_then_repeat_and_finished(alice: httpx.AsyncCli
     assert conflict.json()["state"] == "succeeded" and "succeeded" in conflict.json()["error"]
 
 
+async def test_job_info_waits_for_the_end_when_asked(alice: httpx.AsyncClient, bob: httpx.AsyncClient) -> None:
+    job_id = await run(alice, "sleep 1; echo done")
+    info = (await alice.get(f"/api/job/job_info/{job_id}", params={"wait": 25})).json()
+    assert info["state"] == "succeeded", info  # one call: it answered once the end was projected
+    assert (await alice.get(f"/api/files/{info['answer_id']}")).text == "done\n"
+    again = await alice.get(f"/api/job/job_info/{job_id}", params={"wait": 60})  # finished: answered at once
+    assert again.status_code == 200 and again.json() == info
+    slow = await run(alice, "sleep 60")
+    waited = await alice.get(f"/api/job/job_info/{slow}", params={"wait": "0.5"})
+    assert waited.status_code == 200 and waited.json()["state"] in ("queued", "running")  # as it is when S passed
+    assert (await bob.get(f"/api/job/job_info/{slow}", params={"wait": 5})).status_code == 403  # before waiting
+    for bad in ("-1", "61", "nan", "inf", "soon", "true"):
+        response = await alice.get(f"/api/job/job_info/{slow}", params={"wait": bad})
+        assert response.status_code == 400 and "wait must be" in response.json()["error"], (bad, response.text)
+    waiting = asyncio.ensure_future(alice.get(f"/api/job/job_info/{slow}", params={"wait": 25}))
+    assert (await alice.request("DELETE", "/api/job/delete", json={"job_id": slow})).status_code == 200
+    deleted = await waiting
+    assert deleted.status_code == 410, deleted.text  # a waiter learns of the delete too
+
+
 async def test_cancel_queued_job_never_runs(alice: httpx.AsyncClient) -> None:
     marker = f"/tmp/skyjobs-should-not-exist-{uuid.uuid4()}"
     # Cancel in the same breath as run: whichever way the race goes, the command must not finish.

@@ -46,6 +46,14 @@ async def connect(url: str, timeout: float = 60) -> asyncpg.Connection:
             await asyncio.sleep(0.3)
 
 
+async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
+    """A pooled connection carries no session state to undo: skyjobs sets none on them (`SET LOCAL`
+    only, in transactions; no LISTEN, advisory lock or cursor: those use connections of their own).
+    asyncpg's default reset would send `RESET ALL; UNLISTEN *; CLOSE ALL; SELECT
+    pg_advisory_unlock_all()` on every release, a round trip per query (~10% of the API's CPU a
+    job_info); an open transaction is still rolled back by asyncpg itself before this is called."""
+
+
 async def create_pool(url: str, min_size: int = 2, max_size: int = 10, search_path: str | None = None,
                       settings: dict[str, str] | None = None, bulk: bool = False,
                       setup: Callable[[asyncpg.Connection], Awaitable[None]] | None = None) -> asyncpg.Pool:
@@ -61,7 +69,7 @@ async def create_pool(url: str, min_size: int = 2, max_size: int = 10, search_pa
             await setup(conn)
 
     pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size, init=init,
-                                     server_settings=settings)
+                                     server_settings=settings, reset=_nothing_to_reset)
     assert pool is not None
     return pool
 

@@ -81,6 +81,7 @@ class Config:
     worker_id: str = ""
     flink_home: str | None = None
     proxy: ProxySettings = ProxySettings()
+    jobs_dir: Path | None = None  # where jobs' working directories live (default: <data_dir>/work)
 
     @property
     def blob_dir(self) -> Path:
@@ -88,7 +89,7 @@ class Config:
 
     @property
     def work_dir(self) -> Path:
-        return self.data_dir / "work"
+        return self.jobs_dir or self.data_dir / "work"
 
 
 def parse_tokens(text: str) -> dict[str, User]:
@@ -137,6 +138,7 @@ def from_env(env: dict[str, str] | None = None) -> Config:
         kafka_bootstrap=get("KAFKA_BOOTSTRAP", base.kafka_bootstrap),
         database_url=get("DATABASE_URL", base.database_url),
         data_dir=data_dir,
+        jobs_dir=Path(env["SKYJOBS_WORK_DIR"]) if env.get("SKYJOBS_WORK_DIR") else None,
         host=get("HOST", base.host),
         port=int(number("PORT", base.port)),
         tokens=parse_tokens(tokens_text),

@@ -82,6 +82,7 @@ async def stack(infra: Infra) -> AsyncIterator[Stack]:
         "SKYJOBS_KAFKA_BOOTSTRAP": infra.kafka_bootstrap,
         "SKYJOBS_DATABASE_URL": infra.database_url,
         "SKYJOBS_DATA_DIR": str(data_dir),
+        "SKYJOBS_WORK_DIR": str(data_dir / "jobs"),  # not the default <data_dir>/work: the setting is used
         "SKYJOBS_PORT": str(port),
         "SKYJOBS_TOKENS": ",".join(f"{t}={name}:{'admin' if name == 'admin' else 'user'}" for name, t in tokens.items()),
         "SKYJOBS_PARTITIONS": "4",

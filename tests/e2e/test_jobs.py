@@ -48,6 +48,15 @@ async def test_what_a_job_leaves_running_ends_with_it(alice: httpx.AsyncClient) 
     await eventually(gone, timeout=10, what=f"the job's background sleep (pid {pid}) gone")
 
 
+async def test_a_job_runs_in_a_directory_of_its_own_under_the_work_dir(stack: Stack, alice: httpx.AsyncClient) -> None:
+    job_id = await run(alice, "pwd; ls -A | wc -l; echo $HOME $SKYJOBS_JOB_ID")
+    info = await wait_state(alice, job_id, "succeeded")
+    workspace = stack.data_dir / "jobs" / job_id  # SKYJOBS_WORK_DIR of the test stack
+    output = (await alice.get(f"/api/files/{info['answer_id']}")).text
+    assert output == f"{workspace}\n0\n{workspace} {job_id}\n", output
+    assert not workspace.exists()  # removed before the job's end was reported
+
+
 async def test_binary_and_input_files_are_placed_in_the_working_directory(alice: httpx.AsyncClient) -> None:
     script = await upload(alice, b"#!/bin/sh\nwc -l < \"$1\"\ncat \"$1\" | tr a-z A-Z\n", "count.sh")
     data = await upload(alice, b"one\ntwo\n", "words.txt")

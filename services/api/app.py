@@ -15,12 +15,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from events.topics import JOB_EVENTS, PIPELINE_RUNS
 from projections.runner import PROJECTIONS
 from services import db
 from services.api import files, history, jobs, metrics, pipelines, proxy, stream, works
+from services.api.end_watch import JOB_ENDS, RUN_ENDS, EndWatch
 from services.api.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, json_response
 from services.api.freshness import ProjectionWatch
-from services.api.job_watch import JobWatch
 from services.api.openapi import DOCUMENT
 from services.api.tail import EventTail
 from services.blobs import LocalBlobStore
@@ -94,8 +95,10 @@ def create_app(config: Config) -> Starlette:
         await app.state.tail.start()
         app.state.fanout = stream.Fanout(app.state.tail, app.state.pool)
         app.state.fanout.start()
-        app.state.job_watch = JobWatch()
-        app.state.job_watch.attach(app.state.tail)
+        app.state.job_ends = EndWatch(JOB_EVENTS, JOB_ENDS)
+        app.state.job_ends.attach(app.state.tail)
+        app.state.run_ends = EndWatch(PIPELINE_RUNS, RUN_ENDS)
+        app.state.run_ends.attach(app.state.tail)
         app.state.proxy = await proxy.start(config, app.state.tail)
         app.state.pipelines = pipelines.create_state(config)
         app.state.pipelines.watch.attach(app.state.tail, config.kafka_bootstrap)
@@ -105,7 +108,8 @@ def create_app(config: Config) -> Starlette:
         finally:
             expiring.cancel()
             app.state.pipelines.watch.detach()
-            app.state.job_watch.detach()
+            app.state.job_ends.detach()
+            app.state.run_ends.detach()
             await proxy.stop(app.state.proxy)
             await app.state.fanout.stop()
             await app.state.tail.stop()

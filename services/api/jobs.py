@@ -20,8 +20,7 @@ from events.jobs import CancelJob, DeleteJob, FileRef, RunJob
 from events.topics import JOB_COMMANDS
 from projections.jobs import COLUMNS, from_record
 from services.api.errors import BadRequest, Conflict, Forbidden, Gone, NotFound, Unavailable, json_response
-from services.api.job_watch import MAX_WAIT
-from services.api.requests import authenticate, only_fields, parse_uuid, read_json
+from services.api.requests import authenticate, only_fields, parse_uuid, read_json, wait_seconds
 from services.config import User
 from services.jobs.lifecycle import CANCELLED, CANCELLING, FINISHED, STATES, Job
 from services.kafka import BrokerUnavailable
@@ -210,27 +209,20 @@ async def job_info(request: Request) -> Response:
     """The job; with `?wait=S` (seconds, up to 60), once it has finished or S has passed."""
     user = authenticate(request)
     job_id = parse_uuid(request.path_params["job_id"], "job_id")
-    wait = _wait_param(request.query_params.get("wait"))
+    wait = wait_seconds(request.query_params.get("wait"))
     job = await visible_job(request, user, job_id)
     if wait and not job.finished:
         state = request.app.state
-        waited = await state.job_watch.until_finished(job_id, wait, lambda: _fetch_job(state.pool, job_id), state.watch)
+        waited = await state.job_ends.until_finished(job_id, wait, lambda: _fetch_job(state.pool, job_id), _over,
+                                                     state.watch)
         if waited is None or waited.deleted:
             raise Gone(f"job {job_id} was deleted")
         job = waited
     return json_response(job_view(job))
 
 
-def _wait_param(value: str | None) -> float:
-    if value is None:
-        return 0.0
-    try:
-        wait = float(value)
-    except ValueError:
-        wait = -1.0
-    if not 0 <= wait <= MAX_WAIT:  # also NaN
-        raise BadRequest(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}, not {value[:40]!r}")
-    return wait
+def _over(job: Job | None) -> bool:
+    return job is None or job.finished or job.deleted
 
 
 def _cursor_encode(submitted_at: datetime, job_id: str) -> str:

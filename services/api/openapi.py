@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 UUID = {"type": "string", "format": "uuid"}
+WAIT = {"name": "wait", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 60}}
 ERROR = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 
 
@@ -83,9 +84,7 @@ DOCUMENT: dict[str, Any] = {
             "summary": "State of a job",
             "description": "With `wait`, the answer comes once the job has finished (or was deleted), "
                            "or when `wait` seconds have passed, with the job as it is then.",
-            "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": UUID},
-                           {"name": "wait", "in": "query", "schema": {"type": "number", "minimum": 0,
-                                                                       "maximum": 60}}],
+            "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": UUID}, WAIT],
             "responses": {**_ok(200, JOB_INFO), **_errors(400, 401, 403, 404, 410)},
         }},
         "/api/job/list_jobs": {"get": LIST_OP},
@@ -362,7 +361,9 @@ PIPELINE_PATHS: dict[str, Any] = {
     },
     "/api/pipeline_runs/{run_id}": {"get": {
         "summary": "A run: its state and every step with its request, status, timing and output name",
-        "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": UUID}],
+        "description": "With `wait`, the answer comes once the run has ended, or when `wait` seconds "
+                       "have passed, with the run as it is then.",
+        "parameters": [{"name": "run_id", "in": "path", "required": True, "schema": UUID}, WAIT],
         "responses": {**_ok(200, {"type": "object", "required": ["run_id", "state", "steps"]}),
                       **_errors(400, 401, 403, 404)}}},
     "/p/{name}": {"get": PIPELINE_CALL, "post": PIPELINE_CALL, "put": PIPELINE_CALL, "delete": PIPELINE_CALL},

@@ -3,7 +3,7 @@
     PUT    /api/pipelines/{name}        the JSON spec (parsed on save: a 400 points at the element)
     GET    /api/pipelines/{name}        GET /api/pipelines (list)      DELETE /api/pipelines/{name}
     ANY    /p/{name}[/{service path}]   runs it; OPTIONS answers at once; ?wait=false: 202 + run id
-    GET    /api/pipeline_runs/{run_id}  the run's state and every step (request, status, timing, name)
+    GET    /api/pipeline_runs/{run_id}  the run's state and every step (request, status, timing, name); ?wait=S
     GET    /api/pipeline_runs           the caller's recent runs (admins: everyone's), newest first
     /json/..., /templates/..., /transform/..., /lib/...   the built-in services (services/pipelines/builtins.py)
 
@@ -54,7 +54,7 @@ from services.api.errors import (
     json_response,
 )
 from services.api.pipeline_watch import PipelineWatch, Stored
-from services.api.requests import authenticate, read_json
+from services.api.requests import authenticate, read_json, wait_seconds
 from services.blobs import LocalBlobStore
 from services.config import Config
 from services.kafka import BrokerUnavailable, CommandBus
@@ -315,6 +315,7 @@ async def get_run(request: Request) -> Response:
         run_id = str(uuid.UUID(raw))
     except ValueError:
         raise BadRequest(f"run id {raw[:80]!r} is not a UUID") from None
+    wait = wait_seconds(request.query_params.get("wait"))
     pool = request.app.state.pool
     freshness = request.app.state.watch
     ended_here = run_id in _state(request).watch.ended
@@ -339,6 +340,12 @@ async def get_run(request: Request) -> Response:
     row, steps = found
     if row["user_id"] not in (None, user.user_id) and not user.is_admin:
         raise Forbidden("this run belongs to another user")
+    if wait and row["finished_at"] is None:
+        def ended(found: tuple[Any, list[Any]] | None) -> bool:
+            return found is not None and found[0]["finished_at"] is not None and found[0]["pipeline"] is not None
+
+        found = await request.app.state.run_ends.until_finished(run_id, wait, fetch, ended, freshness) or found
+        row, steps = found
     return json_response(_run_view(row, steps))
 
 

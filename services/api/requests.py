@@ -93,3 +93,19 @@ def only_fields(body: Any, allowed: set[str], required: set[str]) -> dict[str, A
     if missing:
         raise BadRequest(f"missing required field {missing[0]!r}")
     return body
+
+
+MAX_WAIT = 60.0  # seconds a `?wait=` read may wait for an end
+
+
+def wait_seconds(value: str | None) -> float:
+    """The `wait` query parameter of a read that may wait for an end: 0 (absent) to MAX_WAIT seconds."""
+    if value is None:
+        return 0.0
+    try:
+        wait = float(value)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait <= MAX_WAIT:  # also NaN
+        raise BadRequest(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}, not {value[:40]!r}")
+    return wait

@@ -115,3 +115,16 @@ async def test_parallel_branches_and_the_step_after_them(alice: httpx.AsyncClien
     assert [u.rsplit("/", 2)[-2:] for _, u in times][:2] in ([["slow", "20"], ["slow", "700"]],
                                                             [["slow", "700"], ["slow", "20"]])
     assert times[2][1].endswith("/echo/after")
+
+
+async def test_a_run_started_without_waiting_can_be_waited_for(alice: httpx.AsyncClient, services: Services) -> None:
+    name = f"slow-{uuid.uuid4().hex[:8]}"
+    assert (await alice.put(f"/api/pipelines/{name}", json=absolute(["GET /slow/1500"], services.url))).status_code == 201
+    accepted = await alice.post(f"/p/{name}?wait=false")
+    assert accepted.status_code == 202, accepted.text
+    run_id = accepted.json()["run_id"]
+    run = (await alice.get(f"/api/pipeline_runs/{run_id}", params={"wait": 30})).json()
+    assert run["state"] == "succeeded" and run["steps"][0]["status"] == 200, run  # one call: it waited for the end
+    bad = await alice.get(f"/api/pipeline_runs/{run_id}", params={"wait": "61"})
+    assert bad.status_code == 400 and "wait must be" in bad.json()["error"]
+

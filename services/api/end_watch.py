@@ -1,15 +1,16 @@
-"""What the API follows of the jobs on the process's event tail (services/api/tail.py): their final
-events, so that `GET /api/job/job_info/{id}?wait=S` answers once the job's end is projected,
-without the caller polling (Celery's `AsyncResult.get(timeout)`, `kubectl wait`).
+"""What the API follows of the ends of jobs and pipeline runs on the process's event tail
+(services/api/tail.py), so that `GET /api/job/job_info/{id}?wait=S` and
+`GET /api/pipeline_runs/{id}?wait=S` answer once the end is projected, without the caller polling
+(Celery's `AsyncResult.get(timeout)`, `kubectl wait`, Temporal's `handle.result()`).
 
-    watch = JobWatch()
-    watch.attach(tail)
-    job = await watch.until_finished(job_id, seconds, fetch, projection_watch)
+    jobs = EndWatch(JOB_EVENTS, JOB_ENDS)
+    jobs.attach(tail)
+    job = await jobs.until_finished(job_id, seconds, fetch, done, projection_watch)
 
-A waiter sleeps until the tail brings its job's final event, then reads the row after each
-projector commit until the row shows it (usually the first): one or two reads a job instead of
-one every poll. The job ids whose final event the tail brought recently are kept, so that an
-event that arrived before its waiter is not waited for in vain.
+A waiter sleeps until the tail brings its stream's final event, then reads the row after each
+projector commit until `done(row)` (usually at the first): one or two reads a wait instead of one
+every poll. The ids whose final event the tail brought recently are kept, so that an event that
+arrived before its waiter is not waited for in vain.
 """
 
 from __future__ import annotations
@@ -18,19 +19,21 @@ import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import msgspec
 
 from events.jobs import JobCancelled, JobDeleted, JobExpired, JobFailed, JobSucceeded
-from events.topics import JOB_EVENTS
+from events.pipelines import RunEnded
 from services.api.freshness import ProjectionWatch
 from services.api.tail import Batch, EventTail
-from services.jobs.lifecycle import Job
 
-RECENT = 10_000  # job ids whose final event this process saw, kept for the waiters that come late
-MAX_WAIT = 60.0  # seconds a job_info call may wait
-FINAL_TYPES = frozenset(cls.__struct_config__.tag for cls in (JobSucceeded, JobFailed, JobCancelled, JobExpired,
-                                                              JobDeleted))
+T = TypeVar("T")
+
+RECENT = 10_000  # ids whose final event this process saw, kept for the waiters that come late
+JOB_ENDS = frozenset(str(cls.__struct_config__.tag) for cls in (JobSucceeded, JobFailed, JobCancelled,
+                                                                JobExpired, JobDeleted))
+RUN_ENDS = frozenset({str(RunEnded.__struct_config__.tag)})
 
 
 class _Peek(msgspec.Struct):
@@ -40,12 +43,10 @@ class _Peek(msgspec.Struct):
 _peek = msgspec.json.Decoder(_Peek)
 
 
-def done(job: Job | None) -> bool:
-    return job is None or job.finished or job.deleted
-
-
-class JobWatch:
-    def __init__(self) -> None:
+class EndWatch:
+    def __init__(self, topic: str, final_types: frozenset[str]) -> None:
+        self.topic = topic
+        self.final_types = final_types
         self.waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self.ended: OrderedDict[bytes, None] = OrderedDict()
         self._unfollow: Callable[[], None] | None = None
@@ -59,13 +60,13 @@ class JobWatch:
 
     def _on_batch(self, batch: Batch) -> None:
         for (topic, _), records in batch.items():
-            if topic != JOB_EVENTS:
+            if topic != self.topic:
                 continue
             for record in records:
                 if record.key is None:
                     continue
                 try:
-                    final = _peek.decode(record.value).type in FINAL_TYPES
+                    final = _peek.decode(record.value).type in self.final_types
                 except msgspec.DecodeError:
                     continue
                 if final:
@@ -80,10 +81,10 @@ class JobWatch:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def until_finished(self, job_id: str, seconds: float, fetch: Callable[[], Awaitable[Job | None]],
-                             projection: ProjectionWatch) -> Job | None:
-        """The job's row once it shows the job finished (or deleted), or as it is after `seconds`."""
-        key = job_id.encode()
+    async def until_finished(self, stream_id: str, seconds: float, fetch: Callable[[], Awaitable[T]],
+                             done: Callable[[T], bool], projection: ProjectionWatch) -> T:
+        """`fetch()` once `done` says it shows the end, or as it is after `seconds`."""
+        key = stream_id.encode()
         deadline = time.monotonic() + seconds
         if key not in self.ended:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -1,4 +1,4 @@
-"""job_info?wait: the waiters of services/api/job_watch.py, fed batches as the event tail hands them on."""
+"""?wait reads: the waiters of services/api/end_watch.py, fed batches as the event tail hands them on."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import orjson
 
 from events.base import utcnow
-from events.topics import JOB_EVENTS
+from events.topics import JOB_EVENTS, PIPELINE_RUNS
+from services.api.end_watch import JOB_ENDS, EndWatch
 from services.api.freshness import ProjectionWatch
-from services.api.job_watch import JobWatch
 from services.jobs.lifecycle import Job
 from tests.conftest import eventually
 
@@ -21,6 +21,10 @@ def job(state: str) -> Job:
 
 def batch(key: bytes, type_: str) -> dict[tuple[str, int], list[SimpleNamespace]]:
     return {(JOB_EVENTS, 0): [SimpleNamespace(key=key, value=orjson.dumps({"type": type_}))]}
+
+
+def over(job: Job | None) -> bool:
+    return job is None or job.finished
 
 
 class Rows:
@@ -36,11 +40,12 @@ class Rows:
 
 
 async def test_a_waiter_wakes_at_the_final_event_and_reads_once_it_is_projected() -> None:
-    watch, rows, projection = JobWatch(), Rows(), ProjectionWatch("unused", 5)
-    waiting = asyncio.ensure_future(watch.until_finished("j1", 10, rows.fetch, projection))
+    watch, rows, projection = EndWatch(JOB_EVENTS, JOB_ENDS), Rows(), ProjectionWatch("unused", 5)
+    waiting = asyncio.ensure_future(watch.until_finished("j1", 10, rows.fetch, over, projection))
     await asyncio.sleep(0)
     watch._on_batch(batch(b"j1", "job.started.v1"))  # not final: still waiting
     watch._on_batch(batch(b"j2", "job.succeeded.v1"))  # another job
+    watch._on_batch({(PIPELINE_RUNS, 0): [SimpleNamespace(key=b"j1", value=b'{"type": "job.succeeded.v1"}')]})
     for _ in range(5):
         await asyncio.sleep(0)
     assert not waiting.done() and rows.reads == 0 and list(watch.waiters) == [b"j1"]
@@ -58,14 +63,14 @@ async def test_a_waiter_wakes_at_the_final_event_and_reads_once_it_is_projected(
 
 
 async def test_an_end_the_tail_brought_before_the_waiter_is_not_waited_for() -> None:
-    watch, rows, projection = JobWatch(), Rows(), ProjectionWatch("unused", 5)
+    watch, rows, projection = EndWatch(JOB_EVENTS, JOB_ENDS), Rows(), ProjectionWatch("unused", 5)
     watch._on_batch(batch(b"j1", "job.deleted.v1"))
     rows.projected = True
-    assert (await asyncio.wait_for(watch.until_finished("j1", 10, rows.fetch, projection), 5)).state == "succeeded"  # type: ignore[union-attr]
+    assert (await asyncio.wait_for(watch.until_finished("j1", 10, rows.fetch, over, projection), 5)).state == "succeeded"  # type: ignore[union-attr]
     assert rows.reads == 1
 
 
 async def test_a_wait_that_passes_answers_the_job_as_it_is() -> None:
-    watch, rows, projection = JobWatch(), Rows(), ProjectionWatch("unused", 5)
-    assert (await watch.until_finished("j1", 0.05, rows.fetch, projection)).state == "running"  # type: ignore[union-attr]
+    watch, rows, projection = EndWatch(JOB_EVENTS, JOB_ENDS), Rows(), ProjectionWatch("unused", 5)
+    assert (await watch.until_finished("j1", 0.05, rows.fetch, over, projection)).state == "running"  # type: ignore[union-attr]
     assert watch.waiters == {}

@@ -341,8 +341,9 @@ async def get_run(request: Request) -> Response:
     if row["user_id"] not in (None, user.user_id) and not user.is_admin:
         raise Forbidden("this run belongs to another user")
     if wait and row["finished_at"] is None:
-        def ended(found: tuple[Any, list[Any]] | None) -> bool:
-            return found is not None and found[0]["finished_at"] is not None and found[0]["pipeline"] is not None
+        def ended(found: tuple[Any, list[Any]] | None) -> bool:  # steps' answers may come after the end (audit)
+            return (found is not None and found[0]["finished_at"] is not None and found[0]["pipeline"] is not None
+                    and all(s["responded_at"] is not None for s in found[1]))
 
         found = await request.app.state.run_ends.until_finished(run_id, wait, fetch, ended, freshness) or found
         row, steps = found

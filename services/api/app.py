@@ -96,9 +96,8 @@ def create_app(config: Config) -> Starlette:
         app.state.fanout = stream.Fanout(app.state.tail, app.state.pool)
         app.state.fanout.start()
         app.state.job_ends = EndWatch(JOB_EVENTS, JOB_ENDS)
-        app.state.job_ends.attach(app.state.tail)
         app.state.run_ends = EndWatch(PIPELINE_RUNS, RUN_ENDS)
-        app.state.run_ends.attach(app.state.tail)
+        unfollow = [app.state.tail.follow(w.on_batch) for w in (app.state.job_ends, app.state.run_ends)]
         app.state.proxy = await proxy.start(config, app.state.tail)
         app.state.pipelines = pipelines.create_state(config)
         app.state.pipelines.watch.attach(app.state.tail, config.kafka_bootstrap)
@@ -108,8 +107,8 @@ def create_app(config: Config) -> Starlette:
         finally:
             expiring.cancel()
             app.state.pipelines.watch.detach()
-            app.state.job_ends.detach()
-            app.state.run_ends.detach()
+            for stop in unfollow:
+                stop()
             await proxy.stop(app.state.proxy)
             await app.state.fanout.stop()
             await app.state.tail.stop()

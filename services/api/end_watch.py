@@ -4,7 +4,7 @@
 (Celery's `AsyncResult.get(timeout)`, `kubectl wait`, Temporal's `handle.result()`).
 
     jobs = EndWatch(JOB_EVENTS, JOB_ENDS)
-    jobs.attach(tail)
+    stop = tail.follow(jobs.on_batch)
     job = await jobs.until_finished(job_id, seconds, fetch, done, projection_watch)
 
 A waiter sleeps until the tail brings its stream's final event, then reads the row after each
@@ -26,7 +26,7 @@ import msgspec
 from events.jobs import JobCancelled, JobDeleted, JobExpired, JobFailed, JobSucceeded
 from events.pipelines import RunEnded
 from services.api.freshness import ProjectionWatch
-from services.api.tail import Batch, EventTail
+from services.api.tail import Batch
 
 T = TypeVar("T")
 
@@ -49,16 +49,9 @@ class EndWatch:
         self.final_types = final_types
         self.waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self.ended: OrderedDict[bytes, None] = OrderedDict()
-        self._unfollow: Callable[[], None] | None = None
 
-    def attach(self, tail: EventTail) -> None:
-        self._unfollow = tail.follow(self._on_batch)
-
-    def detach(self) -> None:
-        if self._unfollow is not None:
-            self._unfollow()
-
-    def _on_batch(self, batch: Batch) -> None:
+    def on_batch(self, batch: Batch) -> None:
+        """What the tail hands on (`tail.follow(watch.on_batch)`)."""
         for (topic, _), records in batch.items():
             if topic != self.topic:
                 continue

@@ -43,13 +43,13 @@ async def test_a_waiter_wakes_at_the_final_event_and_reads_once_it_is_projected(
     watch, rows, projection = EndWatch(JOB_EVENTS, JOB_ENDS), Rows(), ProjectionWatch("unused", 5)
     waiting = asyncio.ensure_future(watch.until_finished("j1", 10, rows.fetch, over, projection))
     await asyncio.sleep(0)
-    watch._on_batch(batch(b"j1", "job.started.v1"))  # not final: still waiting
-    watch._on_batch(batch(b"j2", "job.succeeded.v1"))  # another job
-    watch._on_batch({(PIPELINE_RUNS, 0): [SimpleNamespace(key=b"j1", value=b'{"type": "job.succeeded.v1"}')]})
+    watch.on_batch(batch(b"j1", "job.started.v1"))  # not final: still waiting
+    watch.on_batch(batch(b"j2", "job.succeeded.v1"))  # another job
+    watch.on_batch({(PIPELINE_RUNS, 0): [SimpleNamespace(key=b"j1", value=b'{"type": "job.succeeded.v1"}')]})
     for _ in range(5):
         await asyncio.sleep(0)
     assert not waiting.done() and rows.reads == 0 and list(watch.waiters) == [b"j1"]
-    watch._on_batch(batch(b"j1", "job.succeeded.v1"))
+    watch.on_batch(batch(b"j1", "job.succeeded.v1"))
 
     async def read() -> bool:
         return rows.reads == 1
@@ -64,7 +64,7 @@ async def test_a_waiter_wakes_at_the_final_event_and_reads_once_it_is_projected(
 
 async def test_an_end_the_tail_brought_before_the_waiter_is_not_waited_for() -> None:
     watch, rows, projection = EndWatch(JOB_EVENTS, JOB_ENDS), Rows(), ProjectionWatch("unused", 5)
-    watch._on_batch(batch(b"j1", "job.deleted.v1"))
+    watch.on_batch(batch(b"j1", "job.deleted.v1"))
     rows.projected = True
     assert (await asyncio.wait_for(watch.until_finished("j1", 10, rows.fetch, over, projection), 5)).state == "succeeded"  # type: ignore[union-attr]
     assert rows.reads == 1

@@ -15,11 +15,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from events.topics import JOB_EVENTS, PIPELINE_RUNS
+from events.topics import JOB_EVENTS
 from projections.runner import PROJECTIONS
 from services import db
 from services.api import files, history, jobs, metrics, pipelines, proxy, stream, works
-from services.api.end_watch import JOB_ENDS, RUN_ENDS, EndWatch
+from services.api.end_watch import JOB_ENDS, EndWatch
 from services.api.errors import ApiError, BadRequest, MethodNotAllowed, NotFound, json_response
 from services.api.freshness import ProjectionWatch
 from services.api.openapi import DOCUMENT
@@ -96,8 +96,7 @@ def create_app(config: Config) -> Starlette:
         app.state.fanout = stream.Fanout(app.state.tail, app.state.pool)
         app.state.fanout.start()
         app.state.job_ends = EndWatch(JOB_EVENTS, JOB_ENDS)
-        app.state.run_ends = EndWatch(PIPELINE_RUNS, RUN_ENDS)
-        unfollow = [app.state.tail.follow(w.on_batch) for w in (app.state.job_ends, app.state.run_ends)]
+        unfollow = app.state.tail.follow(app.state.job_ends.on_batch)
         app.state.proxy = await proxy.start(config, app.state.tail)
         app.state.pipelines = pipelines.create_state(config)
         app.state.pipelines.watch.attach(app.state.tail, config.kafka_bootstrap)
@@ -107,8 +106,7 @@ def create_app(config: Config) -> Starlette:
         finally:
             expiring.cancel()
             app.state.pipelines.watch.detach()
-            for stop in unfollow:
-                stop()
+            unfollow()
             await proxy.stop(app.state.proxy)
             await app.state.fanout.stop()
             await app.state.tail.stop()

@@ -63,9 +63,10 @@ class EndWatch:
                 except msgspec.DecodeError:
                     continue
                 if final:
-                    self._ended(record.key)
+                    self.end(key=record.key)
 
-    def _ended(self, key: bytes) -> None:
+    def end(self, key: bytes) -> None:
+        """The stream `key` has ended: wake its waiters (also for a follower that reads the type itself)."""
         self.ended[key] = None
         self.ended.move_to_end(key)
         while len(self.ended) > RECENT:

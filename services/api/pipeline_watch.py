@@ -1,7 +1,8 @@
 """What the API follows of the pipelines, on the process's event tail (services/api/tail.py):
 
 - the ends of runs (`pipeline.run-ended` on skyjobs.pipeline-runs): a caller waiting at /p/{name}
-  is answered one Kafka hop after the run's last worker wrote it;
+  is answered one Kafka hop after the run's last worker wrote it, and `run_ends` (end_watch.py)
+  wakes `GET /api/pipeline_runs/{id}?wait=`;
 - the specs (skyjobs.pipeline-events): every API process holds every stored pipeline in memory, so
   a call finds its spec without a query and right after its PUT, and a PUT or DELETE learns the
   spec agent's decision (the event its command caused). At start the spec history before the
@@ -13,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -24,11 +24,11 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from events.codec import DecodeError, decode_event
 from events.pipelines import PipelineChangeRefused, PipelineDeleted, PipelineSaved, RunEnded, SpecEvent
 from events.topics import PIPELINE_EVENTS, PIPELINE_RUNS
+from services.api.end_watch import RUN_ENDS, EndWatch
 from services.api.tail import Batch, EventTail
 from services.pipelines.spec import Spec, parse
 
 log = logging.getLogger(__name__)
-RECENT = 10_000
 
 
 @dataclass
@@ -62,7 +62,7 @@ class PipelineWatch:
         self.sequences: dict[str, int] = {}  # name -> last sequence applied (deleted names too)
         self.ends: dict[str, asyncio.Future[RunEnded]] = {}
         self.outcomes: dict[str, asyncio.Future[SpecEvent]] = {}
-        self.ended: OrderedDict[str, None] = OrderedDict()  # runs this process saw end recently
+        self.run_ends = EndWatch(PIPELINE_RUNS, RUN_ENDS)  # runs this process saw end recently, and their waiters
         self.caught_up = asyncio.Event()  # the spec history before the tail was read
         self._unfollow: Callable[[], None] | None = None
         self._loading: asyncio.Task[None] | None = None
@@ -129,9 +129,7 @@ class PipelineWatch:
         head = _peek.decode(raw)
         if head.type != "pipeline.run-ended.v1":
             return
-        self.ended[head.stream_id] = None
-        while len(self.ended) > RECENT:
-            self.ended.popitem(last=False)
+        self.run_ends.end(head.stream_id.encode())
         waiter = self.ends.pop(head.stream_id, None)
         if waiter is not None and not waiter.done():
             try:

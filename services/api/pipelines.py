@@ -318,7 +318,8 @@ async def get_run(request: Request) -> Response:
     wait = wait_seconds(request.query_params.get("wait"))
     pool = request.app.state.pool
     freshness = request.app.state.watch
-    ended_here = run_id in _state(request).watch.ended
+    run_ends = _state(request).watch.run_ends
+    ended_here = run_id.encode() in run_ends.ended
 
     async def fetch() -> tuple[Any, list[Any]] | None:
         row = await pool.fetchrow(_RUN, run_id)
@@ -342,10 +343,10 @@ async def get_run(request: Request) -> Response:
         raise Forbidden("this run belongs to another user")
     if wait and row["finished_at"] is None:
         def ended(found: tuple[Any, list[Any]] | None) -> bool:  # steps' answers may come after the end (audit)
-            return (found is not None and found[0]["finished_at"] is not None and found[0]["pipeline"] is not None
-                    and all(s["responded_at"] is not None for s in found[1]))
+            return settled(found) and found is not None and found[0]["finished_at"] is not None \
+                and found[0]["pipeline"] is not None
 
-        found = await request.app.state.run_ends.until_finished(run_id, wait, fetch, ended, freshness) or found
+        found = await run_ends.until_finished(run_id, wait, fetch, ended, freshness) or found
         row, steps = found
     return json_response(_run_view(row, steps))
 

@@ -215,7 +215,7 @@ class Worker:
         await (await self.send(topic, key, value))
 
     async def _publish_file(self, event: FileStored) -> None:
-        await (await self.send(FILE_EVENTS, event.stream_id, encode(event)))
+        await self._acknowledged(FILE_EVENTS, event.stream_id, encode(event))
 
     def partition_of(self, key: str) -> int:
         return partition_of(key, self.partitions)

@@ -44,50 +44,52 @@ class EventTail:
         self.positions: dict[Position, int] = {}  # the next offset of every partition, once handed on
         self._followers: list[Follower] = []
         self._subscriptions: dict[asyncio.Queue[bytes], tuple[str, Callable[[bytes], bool]]] = {}
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._consumers: list[AIOKafkaConsumer] = []
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
+        self._consumers = list(await asyncio.gather(*(self._start_one(topic, deadline) for topic in self.topics)))
+        self.order = sorted(self.positions)
+        self._tasks = [asyncio.ensure_future(self._run(consumer)) for consumer in self._consumers]
+
+    async def _start_one(self, topic: str, deadline: float) -> AIOKafkaConsumer:
         while True:
             consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
                                         fetch_max_wait_ms=500, max_partition_fetch_bytes=4 * 1024 * 1024)
             try:
                 await consumer.start()
-                tps = await self._partitions(consumer, deadline)
+                tps = await self._partitions(consumer, topic, deadline)
                 # Explicit offsets, not seek_to_end (resolved lazily at the first fetch): every record
                 # written from now on is after them.
                 for tp, end in (await consumer.end_offsets(tps)).items():
                     consumer.seek(tp, end)
                     self.positions[(tp.topic, tp.partition)] = end
-                break
+                return consumer
             except KafkaError:
                 await consumer.stop()
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.5)
-        self.order = sorted(self.positions)
-        self._consumer = consumer
-        self._task = asyncio.ensure_future(self._run())
 
-    async def _partitions(self, consumer: AIOKafkaConsumer, deadline: float) -> list[TopicPartition]:
-        consumer.subscribe(list(self.topics))  # without a group: every partition is assigned to it
+    async def _partitions(self, consumer: AIOKafkaConsumer, topic: str, deadline: float) -> list[TopicPartition]:
+        consumer.subscribe([topic])  # without a group: every partition is assigned to it
         while True:
             tps = sorted(consumer.assignment())
-            if {tp.topic for tp in tps} == set(self.topics):
+            if tps:
                 return tps
             if time.monotonic() > deadline:
-                raise KafkaError(f"topics {', '.join(self.topics)} have no partitions (run `skyjobs setup`)")
+                raise KafkaError(f"topic {topic} has no partitions (run `skyjobs setup`)")
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-        if self._consumer is not None:
+                await task
+        for consumer in self._consumers:
             with contextlib.suppress(Exception):
-                await self._consumer.stop()
+                await consumer.stop()
 
     def follow(self, follower: Follower) -> Callable[[], None]:
         """Call `follower` with every batch from now on; returns the function that stops it."""
@@ -103,11 +105,10 @@ class EventTail:
     def unsubscribe(self, queue: asyncio.Queue[bytes]) -> None:
         self._subscriptions.pop(queue, None)
 
-    async def _run(self) -> None:
-        assert self._consumer is not None
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             try:
-                fetched = await self._consumer.getmany(timeout_ms=1000, max_records=5000)
+                fetched = await consumer.getmany(timeout_ms=1000, max_records=5000)
             except KafkaError as exc:
                 log.warning("event tail: %r; retrying", exc)
                 await asyncio.sleep(1)

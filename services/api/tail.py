@@ -1,10 +1,16 @@
-"""The API process's one tail of the event topics: a Kafka consumer outside any group, from the end.
+"""The API process's one tail of the event topics: Kafka consumers outside any group, from the end.
 
 Every API process reads every partition of the event topics from the end it found at start, and
-hands each fetched batch, in order, to whoever follows it: the live streams (stream.py), the
-add_task answers and queue counts (task_watch.py). One consumer instead of one per use: the
-records are fetched once. The broker answers a fetch as soon as a record arrives, so a follower
-sees a record one fetch after it was written, whatever `fetch_max_wait_ms` (the idle poll) is.
+hands each fetched batch, in order per partition, to whoever follows it: the live streams
+(stream.py), the add_task answers and queue counts (task_watch.py), the ends of jobs and runs
+(end_watch.py, pipeline_watch.py). One tail instead of one per use: the records are fetched once.
+The broker answers a fetch as soon as a record arrives, so a follower sees a record one fetch after
+it was written, whatever `fetch_max_wait_ms` (the idle poll) is.
+
+One consumer a topic, not one for all: aiokafka fetches without fetch sessions (KIP-227), so each
+fetch names, and each answer carries, every partition of its consumer. With one consumer over the
+8 event topics x 8 partitions, every event made the broker build, and this process decode, an
+answer of 64 partitions; now it is the 8 of the event's topic (BENCHMARKS.md, stop 14).
 
     tail = EventTail(bootstrap, topics)
     await tail.start()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidProducerEpoch,
@@ -32,6 +33,18 @@ def partition_of(key: str | bytes, partitions: int) -> int:
     """The partition the producers' default partitioner gives `key`."""
     raw = key.encode() if isinstance(key, str) else key
     return int((murmur2(raw) & 0x7FFFFFFF) % partitions)
+
+
+async def all_partitions(consumer: AIOKafkaConsumer, topic: str, deadline: float) -> list[TopicPartition]:
+    """Subscribe a consumer without a group to `topic`: it is given every partition. Returns them."""
+    consumer.subscribe([topic])
+    while True:
+        assigned = [tp for tp in consumer.assignment() if tp.topic == topic]
+        if assigned:
+            return sorted(assigned)
+        if time.monotonic() > deadline:
+            raise KafkaError(f"topic {topic} has no partitions (run `skyjobs setup`)")
+        await asyncio.sleep(0.05)
 
 
 _PRODUCER_BROKEN = (OutOfOrderSequenceNumber, ProducerFenced, UnknownProducerId, InvalidProducerEpoch)

@@ -31,8 +31,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
+
+from services.kafka import all_partitions
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,7 @@ class EventTail:
                                         fetch_max_wait_ms=500, max_partition_fetch_bytes=4 * 1024 * 1024)
             try:
                 await consumer.start()
-                tps = await self._partitions(consumer, topic, deadline)
+                tps = await all_partitions(consumer, topic, deadline)
                 # Explicit offsets, not seek_to_end (resolved lazily at the first fetch): every record
                 # written from now on is after them.
                 for tp, end in (await consumer.end_offsets(tps)).items():
@@ -77,16 +79,6 @@ class EventTail:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.5)
-
-    async def _partitions(self, consumer: AIOKafkaConsumer, topic: str, deadline: float) -> list[TopicPartition]:
-        consumer.subscribe([topic])  # without a group: every partition is assigned to it
-        while True:
-            tps = sorted(consumer.assignment())
-            if tps:
-                return tps
-            if time.monotonic() > deadline:
-                raise KafkaError(f"topic {topic} has no partitions (run `skyjobs setup`)")
-            await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
         for task in self._tasks:

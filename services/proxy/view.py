@@ -19,22 +19,11 @@ from aiokafka.errors import KafkaError
 from events.codec import DecodeError, decode_event
 from events.services import ServiceEvent
 from events.topics import SERVICE_EVENTS
+from services.kafka import all_partitions
 from services.proxy import registry as registry_fold
 from services.proxy.registry import Registry
 
 log = logging.getLogger(__name__)
-
-
-async def all_partitions(consumer: AIOKafkaConsumer, topic: str, deadline: float) -> list[TopicPartition]:
-    """Subscribe a consumer without a group to `topic`: it is given every partition. Returns them."""
-    consumer.subscribe([topic])
-    while True:
-        assigned = [tp for tp in consumer.assignment() if tp.topic == topic]
-        if assigned:
-            return sorted(assigned)
-        if time.monotonic() > deadline:
-            raise KafkaError(f"topic {topic} has no partitions (run `skyjobs setup`)")
-        await asyncio.sleep(0.05)
 
 
 class RegistryView:

@@ -57,7 +57,13 @@ class EventTail:
 
     async def start(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        self._consumers = list(await asyncio.gather(*(self._start_one(topic, deadline) for topic in self.topics)))
+        started = await asyncio.gather(*(self._start_one(topic, deadline) for topic in self.topics),
+                                       return_exceptions=True)
+        self._consumers = [c for c in started if isinstance(c, AIOKafkaConsumer)]
+        failed = [exc for exc in started if isinstance(exc, BaseException)]
+        if failed:
+            await self.stop()
+            raise failed[0]
         self.order = sorted(self.positions)
         self._tasks = [asyncio.ensure_future(self._run(consumer)) for consumer in self._consumers]
 

@@ -99,7 +99,12 @@ def _local(libs: Path, main: str, args: list[str]) -> str:
         main,
         *args,
     ]  # fmt: skip
-    return " ".join([f"mkdir -p {TMP_DIR} &&", *env, *java])
+    # Jobs run as another user: a folder above the libraries that others may not enter (a private home,
+    # a 0700 temp dir) would otherwise end in java's "could not open .../jvm.args".
+    reachable = (f'[ -r {shlex.quote(str(conf / "jvm.args"))} ] || {{ echo "skyjobs: Flink\'s libraries in "'
+                 f'{shlex.quote(str(libs))}" cannot be read by this job\'s user ($(id -un)): keep the skyjobs '
+                 'directory where other users may enter, or set SKYJOBS_FLINK_HOME" >&2; exit 126; };')
+    return " ".join([reachable, f"mkdir -p {TMP_DIR} &&", *env, *java])
 
 
 def _need(libs: Path | None) -> Path:

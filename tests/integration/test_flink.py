@@ -203,3 +203,15 @@ def test_commands_need_flink_home_or_libs() -> None:
         flink_jar_command("w.jar", None, [], None, None)
     with pytest.raises(ValueError):
         flink_sql_command("w.sql", None, None)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="jobs run as another user only when started as root")
+def test_libs_the_job_user_cannot_reach_fail_with_a_clear_error(libs: Path, workdir: Path) -> None:
+    closed = Path(tempfile.mkdtemp(prefix="skyjobs-test-closed-"))  # 0700: nobody may not enter it
+    try:
+        shutil.copytree(libs / "conf", closed / "libs" / "conf")
+        done = run_job(flink_jar_command("w.jar", "a.Main", [], None, closed / "libs"), workdir, {"w.jar": "jar"})
+        assert done.returncode == 126, done
+        assert "cannot be read by this job's user (nobody)" in done.stderr and "SKYJOBS_FLINK_HOME" in done.stderr
+    finally:
+        shutil.rmtree(closed, ignore_errors=True)

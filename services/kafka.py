@@ -35,9 +35,27 @@ def partition_of(key: str | bytes, partitions: int) -> int:
     return int((murmur2(raw) & 0x7FFFFFFF) % partitions)
 
 
-async def all_partitions(consumer: AIOKafkaConsumer, topic: str, deadline: float) -> list[TopicPartition]:
-    """Subscribe a consumer without a group to `topic`: it is given every partition. Returns them."""
-    consumer.subscribe([topic])
+Place = Callable[[AIOKafkaConsumer, list[TopicPartition]], Awaitable[None]]
+
+
+async def topic_reader(bootstrap: str, topic: str, deadline: float, place: Place, **settings: Any) -> AIOKafkaConsumer:
+    """A started consumer without a group, given every partition of `topic` and positioned by `place`
+    (seek to the start or the end); tried again until `deadline` while Kafka is not there."""
+    while True:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, **settings)
+        try:
+            await consumer.start()
+            await place(consumer, await _all_partitions(consumer, topic, deadline))
+            return consumer
+        except KafkaError:
+            await consumer.stop()
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _all_partitions(consumer: AIOKafkaConsumer, topic: str, deadline: float) -> list[TopicPartition]:
+    consumer.subscribe([topic])  # without a group: every partition is assigned to it
     while True:
         assigned = [tp for tp in consumer.assignment() if tp.topic == topic]
         if assigned:

@@ -31,10 +31,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from services.kafka import all_partitions
+from services.kafka import topic_reader
 
 log = logging.getLogger(__name__)
 
@@ -68,23 +68,15 @@ class EventTail:
         self._tasks = [asyncio.ensure_future(self._run(consumer)) for consumer in self._consumers]
 
     async def _start_one(self, topic: str, deadline: float) -> AIOKafkaConsumer:
-        while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                        fetch_max_wait_ms=500, max_partition_fetch_bytes=4 * 1024 * 1024)
-            try:
-                await consumer.start()
-                tps = await all_partitions(consumer, topic, deadline)
-                # Explicit offsets, not seek_to_end (resolved lazily at the first fetch): every record
-                # written from now on is after them.
-                for tp, end in (await consumer.end_offsets(tps)).items():
-                    consumer.seek(tp, end)
-                    self.positions[(tp.topic, tp.partition)] = end
-                return consumer
-            except KafkaError:
-                await consumer.stop()
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
+        async def at_the_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+            # Explicit offsets, not seek_to_end (resolved lazily at the first fetch): every record
+            # written from now on is after them.
+            for tp, end in (await consumer.end_offsets(tps)).items():
+                consumer.seek(tp, end)
+                self.positions[(tp.topic, tp.partition)] = end
+
+        return await topic_reader(self.bootstrap, topic, deadline, at_the_end, fetch_max_wait_ms=500,
+                                  max_partition_fetch_bytes=4 * 1024 * 1024)
 
     async def stop(self) -> None:
         for task in self._tasks:

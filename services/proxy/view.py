@@ -19,7 +19,7 @@ from aiokafka.errors import KafkaError
 from events.codec import DecodeError, decode_event
 from events.services import ServiceEvent
 from events.topics import SERVICE_EVENTS
-from services.kafka import all_partitions
+from services.kafka import topic_reader
 from services.proxy import registry as registry_fold
 from services.proxy.registry import Registry
 
@@ -48,20 +48,12 @@ class RegistryView:
         await self.catch_up(timeout)
 
     async def _connect(self, timeout: float) -> AIOKafkaConsumer:
-        deadline = time.monotonic() + timeout
-        while True:
-            consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                        auto_offset_reset="earliest", fetch_max_wait_ms=200)
-            try:
-                await consumer.start()
-                self._partitions = await all_partitions(consumer, SERVICE_EVENTS, deadline)
-                await consumer.seek_to_beginning(*self._partitions)
-                return consumer
-            except KafkaError:
-                await consumer.stop()
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.5)
+        async def at_the_start(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
+            self._partitions = tps
+            await consumer.seek_to_beginning(*tps)
+
+        return await topic_reader(self.bootstrap, SERVICE_EVENTS, time.monotonic() + timeout, at_the_start,
+                                  auto_offset_reset="earliest", fetch_max_wait_ms=200)
 
     async def stop(self) -> None:
         if self._task is not None:

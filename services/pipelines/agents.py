@@ -106,6 +106,11 @@ PARTS_GROUP = "skyjobs-pipelines-parts"
 TOKEN_RETRY_FIRST, TOKEN_RETRY_LAST = 0.5, 5.0  # seconds before a token that failed in the worker runs again
 REVOKE_WAIT = 5.0  # seconds a rebalance waits for the tokens in flight of the partitions it moves
 ENDED_KEPT = 60.0  # seconds an ended run's end point is kept after its deadline (late arrivals are dropped)
+# How long an audit event (a run's start, a step's request and response, a fan-out) may wait for the
+# token's next record that a run waits for (its end, a part, a token for another partition): it then
+# travels in the same produce request, before it. A 1-step run is one request instead of two or three,
+# and its start and end reach readers in one fetch.
+AUDIT_HOLD = 0.01
 
 
 @lru_cache(maxsize=512)
@@ -267,12 +272,16 @@ class Worker:
                 method=c.method, path=c.base_path + (("/" + c.service_path.lstrip("/")) if c.service_path else ""),
                 query="&".join(f"{k}={v}" for k, v in c.query), depth=c.depth, deadline=run.deadline))
         try:
-            token = await self.bodies.token_from_wire(w, run.caller.user, run.caller.headers)
-        except Exception as exc:  # a body that cannot be read back ends the run, with the reason
-            await sink.ended(run, error_message(500, f"the run's message could not be read: {exc}"), None)
-        else:
-            await self.executor.run_token(run, token, journal, sink)
-        await sink.flush()
+            try:
+                token = await self.bodies.token_from_wire(w, run.caller.user, run.caller.headers)
+            except Exception as exc:  # a body that cannot be read back ends the run, with the reason
+                await sink.ended(run, error_message(500, f"the run's message could not be read: {exc}"), None)
+            else:
+                await self.executor.run_token(run, token, journal, sink)
+            await sink.flush()
+        except BaseException:
+            sink.abandon()  # the attempt is run again (WorkConsumer._run), with its events
+            raise
         await journal.finish()
 
     # --- accounting points ---------------------------------------------------------------------------
@@ -447,19 +456,41 @@ class Worker:
 
 
 class KafkaSink:
-    """What one token execution sends; `flush` waits until Kafka has all of it."""
+    """What one token execution sends; `flush` waits until Kafka has all of it.
+
+    Audit events are held (`AUDIT_HOLD`) and go with the next record a run waits for, or on their own
+    connection once the hold is over (a step still waiting for its service).
+    """
 
     def __init__(self, worker: Worker, run: Run, partition: int) -> None:
         self.worker = worker
         self.run = run
         self.partition = partition
         self.pending: list[asyncio.Future[Any]] = []
+        self.held: list[tuple[str, bytes]] = []
+        self.hold: asyncio.TimerHandle | None = None
+        self.released: list[asyncio.Task[None]] = []  # held events sent after their hold
 
     async def emit(self, topic: str, event: Any) -> None:
-        """Send an event without waiting for Kafka (`flush` waits for all of them)."""
-        self.pending.append(await self.worker.send(topic, self.run.run_id, encode_event(event), audit=True))
+        """An event sent without waiting for Kafka (`flush` waits for all of them)."""
+        self.held.append((topic, encode_event(event)))
+        if self.hold is None:
+            self.hold = asyncio.get_running_loop().call_later(AUDIT_HOLD, self._hold_over)
+
+    def _hold_over(self) -> None:
+        self.hold = None
+        self.released.append(asyncio.ensure_future(self._release(audit=True)))
+
+    async def _release(self, audit: bool) -> None:
+        if self.hold is not None:
+            self.hold.cancel()
+            self.hold = None
+        held, self.held = self.held, []
+        for topic, value in held:
+            self.pending.append(await self.worker.send(topic, self.run.run_id, value, audit=audit))
 
     async def _send(self, topic: str, key: str, value: bytes) -> None:
+        await self._release(audit=False)  # in the same request, before it
         self.pending.append(await self.worker.send(topic, key, value))
 
     def local(self, run: Run, token: Token) -> bool:
@@ -506,7 +537,16 @@ class KafkaSink:
         fields = {**fields, "user_id": self.worker.owner(run) or None}
         await self.emit(PIPELINE_STEPS, step_event(kind, base, fields, new_id(), run.next_sequence(), utcnow()))
 
+    def abandon(self) -> None:
+        if self.hold is not None:
+            self.hold.cancel()
+        for release in self.released:
+            release.cancel()
+
     async def flush(self) -> None:
+        await self._release(audit=False)
+        for release in self.released:
+            await release
         for delivery in self.pending:
             await delivery
 

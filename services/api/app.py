@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from events.topics import JOB_EVENTS
+from events.topics import FILE_EVENTS, JOB_EVENTS, PIPELINE_STEPS, SERVICE_EVENTS, WORK_EVENTS
 from projections.runner import PROJECTIONS
 from services import db
 from services.api import files, history, jobs, metrics, pipelines, proxy, stream, works
@@ -91,7 +91,9 @@ def create_app(config: Config) -> Starlette:
         app.state.bus = CommandBus(config.kafka_bootstrap, config.kafka_timeout)
         await app.state.bus.start()
         # One tail of the event topics per process: live streams, the proxy's answers, job_info?wait.
-        app.state.tail = EventTail(config.kafka_bootstrap, tuple(p.TOPIC for p in PROJECTIONS))
+        # The topics only the live streams read are read while someone streams.
+        app.state.tail = EventTail(config.kafka_bootstrap, tuple(p.TOPIC for p in PROJECTIONS),
+                                   (PIPELINE_STEPS, FILE_EVENTS, WORK_EVENTS, SERVICE_EVENTS))
         await app.state.tail.start()
         app.state.fanout = stream.Fanout(app.state.tail, app.state.pool)
         app.state.fanout.start()

@@ -34,7 +34,7 @@ async def _families(request: Request) -> list[Any]:
     stored = {(r["topic"], r["partition"]): r["next_offset"] for r in await pool.fetch(
         "SELECT topic, partition, next_offset FROM projector_offsets")}
     per_topic: dict[str, int] = {}
-    for (topic, partition), end in tail.positions.items():
+    for (topic, partition), end in (await tail.ends()).items():
         per_topic[topic] = per_topic.get(topic, 0) + max(0, end - stored.get((topic, partition), 0))
     for topic, behind in sorted(per_topic.items()):
         lag.add_metric([topic], behind)

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -88,6 +88,7 @@ class Subscriber:
     chunks: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
     behind: int = 0  # events queued, not yet sent
     ended: bool = False
+    start: dict[Position, int] = field(default_factory=dict)  # where its live events start (`register`)
 
     def offer(self, chunk: bytes, events: int) -> None:
         if self.ended:
@@ -174,12 +175,18 @@ class Fanout:
 
     # --- subscribers -------------------------------------------------------------------------------
 
-    def register(self, subscriber: Subscriber) -> dict[Position, int]:
-        """Add a subscriber; returns the position its live events start after (nothing falls between)."""
+    async def register(self, subscriber: Subscriber) -> None:
+        """Add a subscriber; `subscriber.start` is the position its live events start after (nothing
+        falls between). Before the response's headers go: the client may act on them at once."""
+        if await self.tail.want():  # the on-demand topics were not read: they start from their end now
+            for tp in self.order:
+                if tp[0] in self.tail.on_demand:
+                    self._set(tp, max(self.positions[tp], self.tail.positions[tp]))
         self.groups.setdefault(subscriber.filter, set()).add(subscriber)
-        return dict(self.positions)
+        subscriber.start = dict(self.positions)
 
     def unregister(self, subscriber: Subscriber) -> None:
+        self.tail.unwant()
         group = self.groups.get(subscriber.filter)
         if group is not None:
             group.discard(subscriber)
@@ -226,7 +233,7 @@ class Fanout:
                 if wait > 0:
                     await asyncio.sleep(wait)
             self._wake.clear()
-            batches, self._inbox = self._inbox, []
+            batches, self._inbox = [self._fresh(b) for b in self._inbox], []
             try:
                 if not self.groups:  # nobody listens: only keep the position (owners come from the database)
                     self._advance(batches)
@@ -237,6 +244,14 @@ class Fanout:
             except Exception:
                 log.exception("event stream: a dispatch failed; its events were skipped")
                 self._advance(batches)
+
+    def _fresh(self, batch: Batch) -> Batch:
+        """`batch` without the records before the position (an on-demand topic's, from before `register`
+        moved it to the topic's end)."""
+        if all(records[0].offset >= self.positions.get(tp, 0) for tp, records in batch.items()):
+            return batch
+        fresh = {tp: [r for r in records if r.offset >= self.positions.get(tp, 0)] for tp, records in batch.items()}
+        return {tp: records for tp, records in fresh.items() if records}
 
     def _advance(self, batches: list[Batch]) -> None:
         for batch in batches:
@@ -405,18 +420,14 @@ async def stream(request: Request) -> Response:
     subscriber = Subscriber(wanted)
 
     async def events() -> AsyncIterator[bytes]:
-        # Registered here, when the response streams: a request that goes away before never registers.
-        snapshot = fanout.register(subscriber)
-        try:
-            if start is not None:
-                async for old in fanout.backlog(start, snapshot, wanted):
-                    yield old
-            while (live := await subscriber.next()) is not None:
-                yield live
-        finally:
-            fanout.unregister(subscriber)
+        if start is not None:
+            async for old in fanout.backlog(start, subscriber.start, wanted):
+                yield old
+        while (live := await subscriber.next()) is not None:
+            yield live
 
-    return EventStream(events())
+    # Registered when the response starts: a request that goes away before never registers.
+    return EventStream(events(), lambda: fanout.register(subscriber), lambda: fanout.unregister(subscriber))
 
 
 class EventStream(Response):
@@ -428,8 +439,11 @@ class EventStream(Response):
 
     media_type = "text/event-stream"
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], opening: Callable[[], Awaitable[None]],
+                 closing: Callable[[], None]) -> None:
         self.chunks = chunks
+        self.opening = opening  # before the headers go
+        self.closing = closing  # after the last chunk, whatever ended the stream
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
@@ -445,6 +459,7 @@ class EventStream(Response):
             gone.set()
             streaming.cancel()
 
+        await self.opening()
         watcher = asyncio.ensure_future(until_disconnect())
         try:
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
@@ -460,6 +475,7 @@ class EventStream(Response):
             log.info("event stream: the client read nothing for %g s; ending its stream", SEND_TIMEOUT)
         finally:
             watcher.cancel()
+            self.closing()
             await self.chunks.aclose()  # type: ignore[attr-defined]
 
 

@@ -12,7 +12,12 @@ fetch names, and each answer carries, every partition of its consumer. With one 
 8 event topics x 8 partitions, every event made the broker build, and this process decode, an
 answer of 64 partitions; now it is the 8 of the event's topic (BENCHMARKS.md, stop 14).
 
-    tail = EventTail(bootstrap, topics)
+Topics that only the live streams read (`on_demand`: a pipeline's step events, say) are read only
+while someone streams (`want` / `unwant`): from the end they have then. Otherwise each of their
+events would cost this process a fetch answer to read and a fetch request to write, for nobody
+(~0.4 ms of a pipeline step's overhead, BENCHMARKS.md, stop 15).
+
+    tail = EventTail(bootstrap, topics, on_demand)
     await tail.start()
     stop = tail.follow(lambda batch: ...)          # every batch: {(topic, partition): [records]}
     queue = tail.subscribe(TOPIC, lambda raw: ...)  # the values of one topic's records that match
@@ -45,9 +50,12 @@ SUBSCRIPTION_QUEUE = 10_000  # records a subscriber may leave unread; more are d
 
 
 class EventTail:
-    def __init__(self, bootstrap: str, topics: tuple[str, ...]) -> None:
+    def __init__(self, bootstrap: str, topics: tuple[str, ...], on_demand: tuple[str, ...] = ()) -> None:
         self.bootstrap = bootstrap
         self.topics = topics
+        self.on_demand = on_demand  # read only while wanted (module docstring)
+        self._demand = 0
+        self._waking = asyncio.Lock()
         self.order: list[Position] = []  # every partition, sorted: the shape of a position vector
         self.positions: dict[Position, int] = {}  # the next offset of every partition, once handed on
         self._followers: list[Follower] = []
@@ -65,7 +73,35 @@ class EventTail:
             await self.stop()
             raise failed[0]
         self.order = sorted(self.positions)
+        for consumer in self._demanded():
+            consumer.pause(*consumer.assignment())
         self._tasks = [asyncio.ensure_future(self._run(consumer)) for consumer in self._consumers]
+
+    def _demanded(self) -> list[AIOKafkaConsumer]:
+        return [c for c in self._consumers if any(tp.topic in self.on_demand for tp in c.assignment())]
+
+    async def want(self) -> bool:
+        """Read the on-demand topics too, until as many `unwant` calls: on the first (True), from their end
+        now (`positions` jump there; what was written before is skipped, nobody wanted it)."""
+        async with self._waking:
+            woke = self._demand == 0
+            if woke:
+                demanded = self._demanded()
+                ends = [await c.end_offsets(sorted(c.assignment())) for c in demanded]
+                for consumer, found in zip(demanded, ends, strict=True):  # no await from here on
+                    for tp, end in found.items():
+                        if end > self.positions.get((tp.topic, tp.partition), 0):
+                            consumer.seek(tp, end)
+                            self.positions[(tp.topic, tp.partition)] = end
+                    consumer.resume(*consumer.assignment())
+            self._demand += 1
+            return woke
+
+    def unwant(self) -> None:
+        self._demand -= 1
+        if self._demand == 0:
+            for consumer in self._demanded():
+                consumer.pause(*consumer.assignment())
 
     async def _start_one(self, topic: str, deadline: float) -> AIOKafkaConsumer:
         async def at_the_end(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> None:
@@ -113,10 +149,28 @@ class EventTail:
             if batch:
                 self.hand_on(batch)
 
+    async def ends(self) -> dict[Position, int]:
+        """Every partition's end as far as this process can tell: where it has read to, and for the
+        on-demand topics it is not reading, their end in Kafka now."""
+        ends = dict(self.positions)
+        if self._demand == 0:
+            for consumer in self._demanded():
+                for tp, end in (await consumer.end_offsets(sorted(consumer.assignment()))).items():
+                    ends[(tp.topic, tp.partition)] = max(end, ends.get((tp.topic, tp.partition), 0))
+        return ends
+
     def hand_on(self, batch: Batch) -> None:
         """Advance the positions past `batch` and give it to the followers and subscribers."""
-        for tp, records in batch.items():
+        for tp in list(batch):
+            records = batch[tp]
+            if records[0].offset < self.positions.get(tp, 0):  # fetched before `want` jumped ahead
+                records = batch[tp] = [r for r in records if r.offset >= self.positions[tp]]
+                if not records:
+                    del batch[tp]
+                    continue
             self.positions[tp] = records[-1].offset + 1
+        if not batch:
+            return
         for follower in list(self._followers):
             try:
                 follower(batch)

@@ -86,6 +86,35 @@ async def test_sse_streams_live_and_resumes_without_gaps(stack: Stack, alice: ht
         assert bad.status_code == 400
 
 
+async def test_sse_of_a_topic_read_only_while_someone_streams(stack: Stack, alice: httpx.AsyncClient,
+                                                              admin: httpx.AsyncClient) -> None:
+    """file-events are read by the API only while a stream is open: a stream starts at the topic's end
+    then (nothing from before it), sees what follows, and resumes from its ids; /metrics still counts
+    the topic's unprojected events meanwhile."""
+
+    async def upload(name: str) -> str:
+        return str((await alice.post("/api/files", content=b"x", params={"name": name})).json()["file_id"])
+
+    before = await upload("before.txt")  # nobody streams: the API does not read it
+    async with stack.client("alice") as client, client.stream(
+        "GET", "/api/stream", params={"type": "file.stored.v1"}) as response:
+        during = [await upload("during-1.txt"), await upload("during-2.txt")]
+        live = await asyncio.wait_for(_collect(response, 2), 30)
+    streams = [orjson.loads(e["data"])["stream_id"] for e in live]
+    assert sorted(streams) == sorted(during), (before, streams)  # two partitions: in either order
+    after = await upload("after.txt")  # nobody streams again
+    async with stack.client("alice") as client, client.stream(
+        "GET", "/api/stream", params={"type": "file.stored.v1"}, headers={"Last-Event-ID": live[0]["id"]}) as response:
+        resumed = await asyncio.wait_for(_collect(response, 2), 30)
+    assert sorted(orjson.loads(e["data"])["stream_id"] for e in resumed) == sorted([streams[1], after])
+
+    async def file_events_projected() -> bool:
+        text = (await admin.get("/metrics")).text
+        return 'skyjobs_projection_lag_events{topic="skyjobs.file-events"} 0.0' in text
+
+    await eventually(file_events_projected, timeout=30, what="/metrics to show file-events projected")
+
+
 async def test_sse_users_only_see_their_own(stack: Stack, alice: httpx.AsyncClient, bob: httpx.AsyncClient) -> None:
     async with stack.client("bob") as client, client.stream(
         "GET", "/api/stream", params={"type": "job.submitted.v1"}) as response:

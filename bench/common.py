@@ -142,6 +142,26 @@ class CpuMeter:
         return self.result
 
 
+def compiler_seconds(pid: int) -> float:
+    """CPU seconds the JIT compiler threads of the JVM `pid` have used so far (0 where /proc cannot tell)."""
+    ticks = 0
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in threads:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if "CompilerThre" not in f.read():  # "C2 CompilerThread0", truncated to 15 characters
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        except OSError:
+            continue
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_per_unit(cpu: dict[str, Any], units: int, scale: float = 1e3) -> dict[str, float]:
     """CPU time of each process per unit of work (ms by default; scale=1e6 for us)."""
     wall = cpu["wall_s"]

@@ -14,9 +14,9 @@ A trivial local service (bench/pipeline_service.py) runs in its own process. Thr
    core; at most 120 s; `--no-warm-up` skips it). Until then the compiler takes up to a quarter of the
    2 cores and the overhead is ~3 ms higher (BENCHMARKS.md, stop 15);
 2. 10 parallel branches of a 100 ms service then a jsonObject join: wall time of each run (30 runs,
-   one at a time), after runs of 10, not counted, until the broker's JIT compiler is idle again (the
-   joins are the first keyed writes to compacted topics: in the first seconds 5-7 runs of 30 met
-   two ~50 ms delays). Target: within 130 ms;
+   one at a time), after runs of 10, not counted, until the broker's JIT compiler is idle again (branch
+   runs use broker paths the earlier phases did not: parts, the joins' compacted topic; while they
+   were being compiled, 5-7 runs of the first 30 met two ~50 ms delays). Target: within 130 ms;
 3. runs per second of a 3-step serial pipeline (POST, POST, POST) against the trivial service,
    closed loop at a few connection counts. Target: >= 300 runs/s. With `--throughput-pipeline fork`,
    two GET branches and a jsonObject join instead: every run goes through the joins table (held for
@@ -161,7 +161,7 @@ async def branches(stack: BenchStack, runs: int, warm: bool) -> dict[str, Any]:
     raw = api.get("/p/branches")
     for _ in range(5):
         await conn.request(raw)
-    if warm:  # the broker compiles its paths for keyed, compacted topics (the joins) only now
+    if warm:  # the broker compiles the paths of parts and joins only now (module docstring)
 
         async def ten() -> None:
             for _ in range(10):

@@ -289,7 +289,8 @@ def main() -> None:
                    help="figure 3's pipeline: three POST steps (the target's), or two GET branches and a "
                         "jsonObject join (every run goes through the joins table)")
     p.add_argument("--no-warm-up", action="store_true",
-                   help="measure figure 1 at once, without first making its calls until the broker's JIT is idle")
+                   help="measure figures 1 and 2 at once, without first making their calls until the broker's "
+                        "JIT is idle")
     args = p.parse_args()
     result = run(main_async(args))
     save(NAME, result, args)

@@ -246,8 +246,8 @@ class Fanout:
                 self._advance(batches)
 
     def _fresh(self, batch: Batch) -> Batch:
-        """`batch` without the records before the position (an on-demand topic's, from before `register`
-        moved it to the topic's end)."""
+        """`batch` without the records before the position: an on-demand topic's batch still in the
+        inbox when `register` moved that topic's position to its end."""
         if all(records[0].offset >= self.positions.get(tp, 0) for tp, records in batch.items()):
             return batch
         fresh = {tp: [r for r in records if r.offset >= self.positions.get(tp, 0)] for tp, records in batch.items()}

@@ -20,9 +20,8 @@ events would cost this process a fetch answer to read and a fetch request to wri
     tail = EventTail(bootstrap, topics, on_demand)
     await tail.start()
     stop = tail.follow(lambda batch: ...)          # every batch: {(topic, partition): [records]}
-    queue = tail.subscribe(TOPIC, lambda raw: ...)  # the values of one topic's records that match
     ...
-    tail.unsubscribe(queue); stop()
+    stop()
 
 Followers are called synchronously on the tail's task: they must not block (queue work for later).
 """
@@ -46,7 +45,6 @@ log = logging.getLogger(__name__)
 Position = tuple[str, int]
 Batch = dict[Position, list[Any]]  # (topic, partition) -> aiokafka ConsumerRecords, in offset order
 Follower = Callable[[Batch], None]
-SUBSCRIPTION_QUEUE = 10_000  # records a subscriber may leave unread; more are dropped (and logged)
 
 
 class EventTail:
@@ -59,7 +57,6 @@ class EventTail:
         self.order: list[Position] = []  # every partition, sorted: the shape of a position vector
         self.positions: dict[Position, int] = {}  # the next offset of every partition, once handed on
         self._followers: list[Follower] = []
-        self._subscriptions: dict[asyncio.Queue[bytes], tuple[str, Callable[[bytes], bool]]] = {}
         self._consumers: list[AIOKafkaConsumer] = []
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -80,17 +77,23 @@ class EventTail:
     def _demanded(self) -> list[AIOKafkaConsumer]:
         return [c for c in self._consumers if any(tp.topic in self.on_demand for tp in c.assignment())]
 
+    async def _demanded_ends(self) -> list[tuple[AIOKafkaConsumer, dict[TopicPartition, int]]]:
+        """The on-demand topics' ends in Kafka now, with the consumer of each."""
+        demanded = self._demanded()
+        ends = await asyncio.gather(*(c.end_offsets(sorted(c.assignment())) for c in demanded))
+        return list(zip(demanded, ends, strict=True))
+
     async def want(self) -> bool:
         """Read the on-demand topics too, until as many `unwant` calls: on the first (True), from their end
         now (`positions` jump there; what was written before is skipped, nobody wanted it)."""
         async with self._waking:
             woke = self._demand == 0
             if woke:
-                demanded = self._demanded()
-                ends = [await c.end_offsets(sorted(c.assignment())) for c in demanded]
-                for consumer, found in zip(demanded, ends, strict=True):  # no await from here on
+                # No await after the ends are read: aiokafka drops what a paused partition had fetched,
+                # and what a seek makes stale, so nothing from before the ends is handed on.
+                for consumer, found in await self._demanded_ends():
                     for tp, end in found.items():
-                        if end > self.positions.get((tp.topic, tp.partition), 0):
+                        if end > self.positions[(tp.topic, tp.partition)]:
                             consumer.seek(tp, end)
                             self.positions[(tp.topic, tp.partition)] = end
                     consumer.resume(*consumer.assignment())
@@ -128,15 +131,6 @@ class EventTail:
         self._followers.append(follower)
         return lambda: self._followers.remove(follower)
 
-    def subscribe(self, topic: str, predicate: Callable[[bytes], bool]) -> asyncio.Queue[bytes]:
-        """A queue of the values of `topic`'s records from now on for which `predicate(value)` holds."""
-        queue: asyncio.Queue[bytes] = asyncio.Queue(SUBSCRIPTION_QUEUE)
-        self._subscriptions[queue] = (topic, predicate)
-        return queue
-
-    def unsubscribe(self, queue: asyncio.Queue[bytes]) -> None:
-        self._subscriptions.pop(queue, None)
-
     async def _run(self, consumer: AIOKafkaConsumer) -> None:
         while True:
             try:
@@ -154,36 +148,16 @@ class EventTail:
         on-demand topics it is not reading, their end in Kafka now."""
         ends = dict(self.positions)
         if self._demand == 0:
-            for consumer in self._demanded():
-                for tp, end in (await consumer.end_offsets(sorted(consumer.assignment()))).items():
-                    ends[(tp.topic, tp.partition)] = max(end, ends.get((tp.topic, tp.partition), 0))
+            for _, found in await self._demanded_ends():
+                ends |= {(tp.topic, tp.partition): end for tp, end in found.items()}
         return ends
 
     def hand_on(self, batch: Batch) -> None:
-        """Advance the positions past `batch` and give it to the followers and subscribers."""
-        for tp in list(batch):
-            records = batch[tp]
-            if records[0].offset < self.positions.get(tp, 0):  # fetched before `want` jumped ahead
-                records = batch[tp] = [r for r in records if r.offset >= self.positions[tp]]
-                if not records:
-                    del batch[tp]
-                    continue
+        """Advance the positions past `batch` and give it to the followers."""
+        for tp, records in batch.items():
             self.positions[tp] = records[-1].offset + 1
-        if not batch:
-            return
         for follower in list(self._followers):
             try:
                 follower(batch)
             except Exception:
                 log.exception("event tail: a follower failed")
-        for queue, (topic, predicate) in list(self._subscriptions.items()):
-            for (t, _), records in batch.items():
-                if t != topic:
-                    continue
-                for record in records:
-                    if predicate(record.value):
-                        try:
-                            queue.put_nowait(record.value)
-                        except asyncio.QueueFull:
-                            log.warning("event tail: a subscriber of %s is %d records behind; dropped one",
-                                        topic, SUBSCRIPTION_QUEUE)

@@ -115,6 +115,65 @@ async def test_sse_of_a_topic_read_only_while_someone_streams(stack: Stack, alic
     await eventually(file_events_projected, timeout=30, what="/metrics to show file-events projected")
 
 
+async def test_the_tail_reads_an_on_demand_topic_only_while_wanted(stack: Stack) -> None:
+    """EventTail on real Kafka: while nobody wants file-events its positions stay and `ends()` reads
+    Kafka's; `want()` jumps to the end, so only what is written after it is handed on."""
+    from aiokafka import AIOKafkaProducer
+
+    from events.base import new_id, utcnow
+    from events.codec import encode
+    from events.files import FileStored
+    from events.topics import FILE_EVENTS
+    from services.api.tail import Batch, EventTail
+
+    def stored() -> tuple[str, bytes]:
+        file_id = new_id()
+        return file_id, encode(FileStored(event_id=new_id(), stream_id=file_id, sequence=1, occurred_at=utcnow(),
+                                          correlation_id=file_id, actor="alice", owner_id="alice", name="t.txt",
+                                          size=0, sha256="0" * 64, content_type="text/plain"))
+
+    tail = EventTail(stack.infra.kafka_bootstrap, (FILE_EVENTS,), (FILE_EVENTS,))
+    await tail.start()
+    producer = AIOKafkaProducer(bootstrap_servers=stack.infra.kafka_bootstrap)
+    await producer.start()
+    handed: list[bytes] = []
+
+    def follower(batch: Batch) -> None:
+        handed.extend(r.value for records in batch.values() for r in records)
+
+    stop = tail.follow(follower)
+    try:
+        at_start = dict(tail.positions)
+        earlier = []
+        for _ in range(3):
+            file_id, value = stored()
+            earlier.append(value)
+            await producer.send_and_wait(FILE_EVENTS, value, key=file_id.encode())
+        ends = await tail.ends()
+        assert sum(ends.values()) - sum(at_start.values()) >= 3
+        assert tail.positions == at_start and handed == []  # not read: nobody wants it
+        assert await tail.want() is True
+        assert all(tail.positions[tp] >= end for tp, end in ends.items())  # jumped to the end
+        assert await tail.want() is False  # already read: no second jump
+        file_id, value = stored()
+        await producer.send_and_wait(FILE_EVENTS, value, key=file_id.encode())
+
+        async def handed_on() -> bool:
+            return value in handed
+
+        await eventually(handed_on, timeout=30, what="the record written after want")
+        assert not set(earlier) & set(handed)  # nothing from before the jump
+        tail.unwant()
+        tail.unwant()
+        file_id, late = stored()
+        await producer.send_and_wait(FILE_EVENTS, late, key=file_id.encode())
+        assert sum((await tail.ends()).values()) > sum(tail.positions.values())  # paused again
+    finally:
+        stop()
+        await producer.stop()
+        await tail.stop()
+
+
 async def test_sse_users_only_see_their_own(stack: Stack, alice: httpx.AsyncClient, bob: httpx.AsyncClient) -> None:
     async with stack.client("bob") as client, client.stream(
         "GET", "/api/stream", params={"type": "job.submitted.v1"}) as response:
